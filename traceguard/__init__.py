@@ -1,0 +1,53 @@
+"""traceguard: audit the reasoning traces and images of multimodal agents.
+
+The public surface is re-exported here; modules starting with ``_`` are private.
+"""
+
+from traceguard._auditor import Auditor
+from traceguard._decision import Action, Decision
+from traceguard._exceptions import (
+    AuditorError,
+    AuditorResponseError,
+    AuditorTimeout,
+    AuditorUnavailable,
+    Blocked,
+    ConfigurationError,
+    Escalated,
+    ImageAccessDenied,
+    ImageError,
+    InputError,
+    ParseError,
+    TraceguardError,
+)
+from traceguard._images import ImageAccess, ImageRef
+from traceguard._trace import ToolCall, Trace, Turn
+from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
+from traceguard._version import __version__
+
+__all__ = [
+    "Action",
+    "AuditStatus",
+    "Auditor",
+    "AuditorError",
+    "AuditorResponseError",
+    "AuditorTimeout",
+    "AuditorUnavailable",
+    "Blocked",
+    "ConfigurationError",
+    "Decision",
+    "ErrorInfo",
+    "Escalated",
+    "ImageAccess",
+    "ImageAccessDenied",
+    "ImageError",
+    "ImageRef",
+    "InputError",
+    "Label",
+    "ParseError",
+    "ToolCall",
+    "Trace",
+    "TraceguardError",
+    "Turn",
+    "Verdict",
+    "__version__",
+]

@@ -1,0 +1,23 @@
+"""Backends that run a vision-language model: local (transformers) or served (HTTP)."""
+
+from traceguard.backends._base import (
+    ChatBackend,
+    ChatMessage,
+    ChatRequest,
+    Completion,
+    ContentPart,
+    ImagePart,
+    TextPart,
+    TokenDistribution,
+)
+
+__all__ = [
+    "ChatBackend",
+    "ChatMessage",
+    "ChatRequest",
+    "Completion",
+    "ContentPart",
+    "ImagePart",
+    "TextPart",
+    "TokenDistribution",
+]
