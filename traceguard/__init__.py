@@ -20,6 +20,13 @@ from traceguard._exceptions import (
     TraceguardError,
 )
 from traceguard._images import ImageAccess, ImageRef
+from traceguard._reasoning import (
+    ReasoningStream,
+    extract_chat_message,
+    extract_langchain_message,
+    extract_responses_output,
+    split_think_tags,
+)
 from traceguard._trace import ToolCall, Trace, Turn
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 from traceguard._version import __version__
@@ -44,10 +51,15 @@ __all__ = [
     "InputError",
     "Label",
     "ParseError",
+    "ReasoningStream",
     "ToolCall",
     "Trace",
     "TraceguardError",
     "Turn",
     "Verdict",
     "__version__",
+    "extract_chat_message",
+    "extract_langchain_message",
+    "extract_responses_output",
+    "split_think_tags",
 ]

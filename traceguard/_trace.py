@@ -42,7 +42,7 @@ class Trace:
     """One agent turn to audit: the query (with its images), the thinking and the response.
 
     ``thinking`` is None when the model exposed no reasoning; an empty string means it exposed an
-    empty one. ``response`` never contains the thinking: use :func:`traceguard.split_reasoning`
+    empty one. ``response`` never contains the thinking: use :func:`traceguard.split_think_tags`
     and friends to separate them first.
     """
 

@@ -1,0 +1,483 @@
+"""Separate a model's reasoning ("thinking") from its response, whatever the provider's format.
+
+Every integration hands provider payloads to these pure functions and gets ``(thinking,
+response)`` back: ``thinking`` is None when the model exposed no reasoning (an empty string when
+it exposed an empty one), and ``response`` never contains the thinking.
+
+Formats understood:
+
+- ``<think>…</think>`` inside the text (DeepSeek-R1, QwQ, Qwen3 without a server-side parser),
+  including several blocks, a missing opening tag (the R1 chat template pre-inserts it, so only
+  ``</think>`` appears) and an unclosed block (the stream stopped while thinking).
+- OpenAI-compatible chat messages: ``reasoning_content`` (DeepSeek, older vLLM), ``reasoning``
+  (vLLM, OpenRouter), ``reasoning_details`` (OpenRouter), content part lists.
+- OpenAI Responses API output items (``reasoning`` summaries and text, ``message`` output text).
+- LangChain ``AIMessage`` / ``AIMessageChunk`` (``additional_kwargs`` and content blocks).
+- Streams of any of those, incrementally, with :class:`ReasoningStream`.
+
+Nothing here imports a provider SDK: payloads are read by duck typing (mappings, attributes and
+pydantic ``model_extra``), so dicts and SDK objects both work.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "ReasoningStream",
+    "extract_chat_message",
+    "extract_langchain_message",
+    "extract_responses_output",
+    "split_think_tags",
+]
+
+_OPEN = "<think>"
+_CLOSE = "</think>"
+_LONGEST_TAG = len(_CLOSE)
+# ASCII-only case folding on both paths: full Unicode folding would read "<thin\u212a>" (Kelvin
+# sign) as a tag in one path and not the other.
+_TAG_RE = re.compile(r"(</?think>)", re.IGNORECASE | re.ASCII)
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+# Responses API stream events whose ``delta`` is reasoning, keyed to the index naming the part.
+_RESPONSES_REASONING_EVENTS = {
+    "response.reasoning_summary_text.delta": "summary_index",
+    "response.reasoning_text.delta": "content_index",
+}
+_RESPONSES_TEXT_EVENTS = frozenset({"response.output_text.delta", "response.refusal.delta"})
+
+
+# -- duck typing --------------------------------------------------------------------------------
+
+
+def _get(obj: Any, key: str) -> Any:
+    """``obj[key]`` for mappings, else the attribute or a pydantic extra field; None if absent."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    value = getattr(obj, key, None)
+    if value is None:
+        extra = getattr(obj, "model_extra", None)
+        if isinstance(extra, Mapping):
+            value = extra.get(key)
+    return value
+
+
+def _collect(node: Any, thinking: list[str], text: list[str]) -> None:
+    """Walk content parts / output items, sending readable text to ``text`` or ``thinking``.
+
+    Parts with no readable text (images, tool calls, encrypted or redacted reasoning) are skipped.
+    """
+    if node is None:
+        return
+    if isinstance(node, str):
+        text.append(node)
+        return
+    if isinstance(node, (bytes, bytearray)):
+        return
+    if isinstance(node, Sequence):
+        for item in node:
+            _collect(item, thinking, text)
+        return
+    kind = _get(node, "type")
+    if kind in ("text", "output_text"):
+        _append_str(text, _get(node, "text"))
+    elif kind == "refusal":
+        _append_str(text, _get(node, "refusal"))
+    elif kind in ("summary_text", "reasoning_text", "reasoning.text"):
+        _append_str(thinking, _get(node, "text"))
+    elif kind == "reasoning.summary":  # OpenRouter reasoning_details entry
+        _append_str(thinking, _get(node, "summary"))
+    elif kind == "thinking":  # Anthropic (str) or Mistral (list of text parts)
+        value = _get(node, "thinking")
+        if isinstance(value, str):
+            thinking.append(value)
+        else:
+            _collect(value, thinking, thinking)
+    elif kind == "reasoning":
+        _collect_reasoning(node, thinking)
+    elif kind == "message":
+        _collect(_get(node, "content"), thinking, text)
+
+
+def _collect_reasoning(node: Any, thinking: list[str]) -> None:
+    """A reasoning object: LangChain's ``reasoning`` key, or Responses ``summary``/``content``."""
+    if isinstance(node, str):
+        thinking.append(node)
+        return
+    _append_str(thinking, _get(node, "reasoning"))
+    for key in ("summary", "content"):
+        parts = _get(node, key)
+        if isinstance(parts, Sequence) and not isinstance(parts, str):
+            _collect(parts, thinking, thinking)
+
+
+def _append_str(target: list[str], value: Any) -> None:
+    if isinstance(value, str):
+        target.append(value)
+
+
+def _join_thinking(parts: Sequence[str]) -> str | None:
+    """None when no reasoning was exposed; else the non-empty parts, trimmed, deduplicated."""
+    if not parts:
+        return None
+    kept: list[str] = []
+    for part in parts:
+        part = part.strip()
+        if part and part not in kept:
+            kept.append(part)
+    return "\n\n".join(kept)
+
+
+# -- <think> tags -------------------------------------------------------------------------------
+
+
+class _Segments:
+    """Sorts text into thinking and response as tags arrive; shared by the batch and stream paths.
+
+    Rules: text inside ``<think>…</think>`` is thinking; text outside a block followed by a
+    ``</think>`` with no opening tag is thinking too (the pre-inserted opening tag of R1-style
+    templates); an opening tag inside a block is literal; a block still open at the end runs to
+    the end.
+    """
+
+    __slots__ = ("closed_any", "current", "inside", "response", "saw_tag", "thinking")
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.saw_tag = False
+        self.closed_any = False
+        self.thinking: list[str] = []
+        self.response: list[str] = []
+        self.current: list[str] = []
+
+    def text(self, piece: str) -> None:
+        if piece:
+            self.current.append(piece)
+
+    def open_tag(self, raw: str) -> None:
+        self.saw_tag = True
+        if self.inside:
+            self.current.append(raw)
+            return
+        self.response.extend(self.current)
+        self.current = []
+        self.inside = True
+
+    def close_tag(self) -> None:
+        self.saw_tag = True
+        self.closed_any = True
+        self.thinking.append("".join(self.current))
+        self.current = []
+        self.inside = False
+
+    def result(self, pending: str = "") -> tuple[list[str] | None, str]:
+        """Thinking parts (None if no tag was seen) and the response, as if the text ended here."""
+        tail = "".join(self.current) + pending
+        response = "".join(self.response)
+        if not self.saw_tag:
+            return None, response + tail
+        thinking = [*self.thinking, tail] if self.inside else self.thinking
+        return thinking, (response if self.inside else response + tail).strip()
+
+
+def _split_parts(content: str) -> tuple[list[str] | None, str]:
+    segments = _Segments()
+    for index, token in enumerate(_TAG_RE.split(content)):
+        if index % 2 == 0:
+            segments.text(token)
+        elif token[1] == "/":
+            segments.close_tag()
+        else:
+            segments.open_tag(token)
+    return segments.result()
+
+
+def split_think_tags(content: str) -> tuple[str | None, str]:
+    """Split ``<think>…</think>`` reasoning out of model text.
+
+    Tags are matched case-insensitively; several blocks are joined with a blank line. Text before
+    a lone ``</think>`` is thinking (templates that pre-insert ``<think>``); an unclosed
+    ``<think>`` makes the rest of the text thinking and leaves the response empty. With tags the
+    response is whitespace-trimmed; without any, the content is returned unchanged with None.
+
+    >>> split_think_tags("<think>add them</think> 4")
+    ('add them', '4')
+    >>> split_think_tags("add them</think>4")
+    ('add them', '4')
+    """
+    parts, response = _split_parts(content)
+    return (None if parts is None else _join_thinking(parts)), response
+
+
+class _TagScanner:
+    """Finds ``<think>``/``</think>`` in text arriving in pieces, tags split anywhere.
+
+    Only a possible tag prefix at the end of a piece (at most 8 characters) is held back, so each
+    character is scanned a bounded number of times.
+    """
+
+    __slots__ = ("pending", "segments")
+
+    def __init__(self, segments: _Segments) -> None:
+        self.segments = segments
+        self.pending = ""
+
+    def feed(self, piece: str) -> None:
+        text = self.pending + piece
+        self.pending = ""
+        start = 0
+        pos = text.find("<")
+        while pos != -1:
+            head = text[pos : pos + _LONGEST_TAG].translate(_ASCII_LOWER)
+            if head.startswith(_OPEN):
+                self.segments.text(text[start:pos])
+                self.segments.open_tag(text[pos : pos + len(_OPEN)])
+                start = pos + len(_OPEN)
+            elif head == _CLOSE:
+                self.segments.text(text[start:pos])
+                self.segments.close_tag()
+                start = pos + len(_CLOSE)
+            elif len(head) < _LONGEST_TAG and (_OPEN.startswith(head) or _CLOSE.startswith(head)):
+                # A tag may be cut by the chunk boundary: wait for the next piece.
+                self.segments.text(text[start:pos])
+                self.pending = text[pos:]
+                return
+            else:
+                pos = text.find("<", pos + 1)
+                continue
+            pos = text.find("<", start)
+        self.segments.text(text[start:])
+
+
+# -- whole messages -----------------------------------------------------------------------------
+
+
+def _finish(thinking: list[str], text: list[str]) -> tuple[str | None, str]:
+    """Split tags out of the collected text and merge them after the structured thinking."""
+    tag_parts, response = _split_parts("".join(text))
+    return _merge(thinking, tag_parts, response)
+
+
+def _merge(
+    explicit: list[str], tag_parts: list[str] | None, response: str
+) -> tuple[str | None, str]:
+    """Structured reasoning first, then tagged; the response is trimmed when reasoning exists
+    (providers put blank lines between the two)."""
+    thinking = _join_thinking([*explicit, *(tag_parts or [])])
+    return thinking, (response if thinking is None else response.strip())
+
+
+def extract_chat_message(message: Mapping[str, Any] | Any) -> tuple[str | None, str]:
+    """``(thinking, response)`` of an OpenAI-style chat completion message (dict or SDK object).
+
+    Reasoning is read from the first present of ``reasoning_content``, ``reasoning`` (string)
+    and ``reasoning_details`` (OpenRouter; encrypted entries ignored), then from thinking parts
+    and ``<think>`` tags in ``content``, which are always removed from the response.
+    """
+    thinking: list[str] = []
+    for key in ("reasoning_content", "reasoning"):
+        value = _get(message, key)
+        if isinstance(value, str):
+            thinking.append(value)
+            break
+    else:
+        details = _get(message, "reasoning_details")
+        if isinstance(details, Sequence) and not isinstance(details, str):
+            _collect(details, thinking, [])
+    text: list[str] = []
+    _collect(_get(message, "content"), thinking, text)
+    if not "".join(text).strip():
+        _append_str(text, _get(message, "refusal"))
+    return _finish(thinking, text)
+
+
+def extract_responses_output(output: Sequence[Mapping[str, Any] | Any]) -> tuple[str | None, str]:
+    """``(thinking, response)`` of an OpenAI Responses API ``output`` list.
+
+    ``reasoning`` items give their ``summary_text`` and ``reasoning_text`` parts; ``message``
+    items give their ``output_text`` (and refusal) parts; ``<think>`` tags inside the text are
+    split out too. Other items (tool calls, encrypted reasoning) carry no readable text.
+    """
+    thinking: list[str] = []
+    text: list[str] = []
+    for item in output:
+        if isinstance(item, str):
+            continue  # bare strings are not output items; never let them pose as a response
+        _collect(item, thinking, text)
+    return _finish(thinking, text)
+
+
+def extract_langchain_message(message: Any) -> tuple[str | None, str]:
+    """``(thinking, response)`` of a LangChain ``AIMessage`` / ``AIMessageChunk``.
+
+    Reads ``additional_kwargs["reasoning_content"]`` / ``["reasoning"]`` (string, or a Responses
+    reasoning dict with ``summary``), content blocks of type ``reasoning`` and ``thinking``, text
+    blocks, and ``<think>`` tags in the text. ``content_blocks`` (langchain-core 1.x) is consulted
+    only when those hold no reasoning, so older cores work and nothing is counted twice.
+    """
+    thinking: list[str] = []
+    kwargs = _get(message, "additional_kwargs")
+    if isinstance(kwargs, Mapping):
+        for key in ("reasoning_content", "reasoning"):
+            value = kwargs.get(key)
+            if value is not None:
+                _collect_reasoning(value, thinking)
+                break
+    text: list[str] = []
+    _collect(_get(message, "content"), thinking, text)
+    if not thinking:
+        for block in _content_blocks(message):
+            if _get(block, "type") == "reasoning":
+                _collect_reasoning(block, thinking)
+    return _finish(thinking, text)
+
+
+def _content_blocks(message: Any) -> Sequence[Any]:
+    try:
+        blocks = getattr(message, "content_blocks", None)
+    except Exception:  # a best-effort view: .content was already read
+        return ()
+    return blocks if isinstance(blocks, Sequence) and not isinstance(blocks, str) else ()
+
+
+# -- streams ------------------------------------------------------------------------------------
+
+
+class ReasoningStream:
+    """Accumulates a streamed answer into thinking and response, chunk by chunk.
+
+    Feed content deltas with :meth:`feed_text` (``<think>`` tags may be split across chunks at
+    any character) and explicit reasoning deltas with :meth:`feed_reasoning`, or use the
+    provider-shaped helpers. At any point :attr:`thinking` and :attr:`response` are what the
+    non-streaming extractors would return for everything fed so far. Feeding costs
+    O(len(piece)); reading the properties joins the pieces once per change.
+    """
+
+    def __init__(self) -> None:
+        self._segments = _Segments()
+        self._scanner = _TagScanner(self._segments)
+        self._reasoning: list[list[str]] = []
+        self._reasoning_key: object = None
+        self._reasoning_open = False
+        self._cache: tuple[str | None, str] | None = None
+
+    # -- feeding --------------------------------------------------------------------------
+
+    def feed_text(self, piece: str) -> None:
+        """A content (response) delta; may carry ``<think>`` tags or parts of them."""
+        if not piece:
+            return
+        self._cache = None
+        self._scanner.feed(piece)
+        if piece.strip():
+            self._reasoning_open = False
+
+    def feed_reasoning(self, piece: str) -> None:
+        """An explicit reasoning delta (``reasoning_content``, summary text, thinking delta)."""
+        self._feed_reasoning(piece, None)
+
+    def feed_chat_delta(self, delta: Mapping[str, Any] | Any) -> None:
+        """An OpenAI-style chat ``choices[i].delta`` (dict or SDK object).
+
+        Reasoning is fed before content, since one chunk can carry the end of the reasoning and
+        the start of the answer.
+        """
+        for key in ("reasoning_content", "reasoning"):
+            value = _get(delta, key)
+            if isinstance(value, str):
+                self.feed_reasoning(value)
+                break
+        else:
+            details = _get(delta, "reasoning_details")
+            if isinstance(details, Sequence) and not isinstance(details, str):
+                parts: list[str] = []
+                _collect(details, parts, [])
+                for part in parts:
+                    self.feed_reasoning(part)
+        self._feed_content(_get(delta, "content"))
+
+    def feed_responses_event(self, event: Mapping[str, Any] | Any) -> None:
+        """An OpenAI Responses API stream event; events without text are ignored."""
+        kind = _get(event, "type")
+        delta = _get(event, "delta")
+        if not isinstance(kind, str) or not isinstance(delta, str):
+            return
+        if kind in _RESPONSES_REASONING_EVENTS:
+            # A new summary or content part starts a new paragraph, as in the final output.
+            key = (kind, _get(event, "item_id"), _get(event, _RESPONSES_REASONING_EVENTS[kind]))
+            self._feed_reasoning(delta, key)
+        elif kind in _RESPONSES_TEXT_EVENTS:
+            self.feed_text(delta)
+
+    def feed_langchain_chunk(self, chunk: Any) -> None:
+        """A LangChain ``AIMessageChunk`` from ``stream()`` / ``astream()``."""
+        kwargs = _get(chunk, "additional_kwargs")
+        if isinstance(kwargs, Mapping):
+            for key in ("reasoning_content", "reasoning"):
+                value = kwargs.get(key)
+                if value is not None:
+                    parts: list[str] = []
+                    _collect_reasoning(value, parts)
+                    for part in parts:
+                        self.feed_reasoning(part)
+                    break
+        self._feed_content(_get(chunk, "content"))
+
+    def _feed_content(self, content: Any) -> None:
+        if isinstance(content, str):
+            self.feed_text(content)
+            return
+        blocks = content if isinstance(content, Sequence) else ()
+        for block in blocks:
+            thinking: list[str] = []
+            text: list[str] = []
+            _collect(block, thinking, text)
+            for part in thinking:
+                self.feed_reasoning(part)
+            for part in text:
+                self.feed_text(part)
+
+    def _feed_reasoning(self, piece: str, key: object) -> None:
+        self._cache = None
+        if not self._reasoning or (key != self._reasoning_key and "".join(self._reasoning[-1])):
+            self._reasoning.append([])
+        self._reasoning_key = key
+        self._reasoning[-1].append(piece)
+        self._reasoning_open = True
+
+    # -- reading --------------------------------------------------------------------------
+
+    def result(self) -> tuple[str | None, str]:
+        """``(thinking, response)`` for everything fed so far."""
+        if self._cache is None:
+            tag_parts, response = self._segments.result(self._scanner.pending)
+            explicit = ["".join(part) for part in self._reasoning]
+            self._cache = _merge(explicit, tag_parts, response)
+        return self._cache
+
+    @property
+    def thinking(self) -> str | None:
+        """The reasoning so far; None while none was exposed."""
+        return self.result()[0]
+
+    @property
+    def response(self) -> str:
+        """The response so far, never containing the thinking."""
+        return self.result()[1]
+
+    @property
+    def thinking_done(self) -> bool:
+        """True once the thinking is known to be complete.
+
+        That is: a ``</think>`` was seen and no block is open, or explicit reasoning was followed
+        by response content. Streams that expose no reasoning never turn it on. It turns back off
+        if the model opens another reasoning block, so integrations audit the final result too.
+        """
+        if self._segments.inside or self._reasoning_open:
+            return False
+        return bool(self._reasoning) or self._segments.closed_any
