@@ -19,7 +19,9 @@ from traceguard._exceptions import (
     ParseError,
     TraceguardError,
 )
+from traceguard._guard import Guard
 from traceguard._images import ImageAccess, ImageRef
+from traceguard._policy import CategoryRule, Policy, Redaction, Thresholds, strictest
 from traceguard._reasoning import (
     ReasoningStream,
     extract_chat_message,
@@ -27,39 +29,55 @@ from traceguard._reasoning import (
     extract_responses_output,
     split_think_tags,
 )
+from traceguard._review import Escalation, ReviewQueue
+from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink, SinkError, WebhookSink
 from traceguard._trace import ToolCall, Trace, Turn
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 from traceguard._version import __version__
 
 __all__ = [
     "Action",
+    "AuditRecord",
     "AuditStatus",
     "Auditor",
     "AuditorError",
     "AuditorResponseError",
     "AuditorTimeout",
     "AuditorUnavailable",
+    "BackgroundSink",
     "Blocked",
+    "CategoryRule",
     "ConfigurationError",
     "Decision",
     "ErrorInfo",
     "Escalated",
+    "Escalation",
+    "Guard",
     "ImageAccess",
     "ImageAccessDenied",
     "ImageError",
     "ImageRef",
     "InputError",
+    "JsonlSink",
     "Label",
     "ParseError",
+    "Policy",
     "ReasoningStream",
+    "Redaction",
+    "ReviewQueue",
+    "Sink",
+    "SinkError",
+    "Thresholds",
     "ToolCall",
     "Trace",
     "TraceguardError",
     "Turn",
     "Verdict",
-    "__version__",
+    "WebhookSink",
     "extract_chat_message",
     "extract_langchain_message",
     "extract_responses_output",
     "split_think_tags",
+    "strictest",
+    "__version__",
 ]

@@ -12,6 +12,7 @@ Every error the library raises on purpose derives from :class:`TraceguardError`:
     │   ├── AuditorUnavailable    connection refused, 5xx after retries, every base URL down
     │   └── AuditorResponseError  4xx, malformed JSON, empty choices
     ├── ParseError                the auditor answered but no verdict could be read
+    ├── SinkError                 a sink could not record an audit record
     └── Blocked                   the policy blocked the output; carries the Decision
         └── Escalated             escalated to a human, and held back meanwhile
 

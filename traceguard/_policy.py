@@ -1,0 +1,348 @@
+"""The decision layer's rules: :class:`Policy` maps a :class:`Verdict` to a :class:`Decision`.
+
+A policy is plain configuration (a pydantic model, loadable from YAML, TOML or JSON) plus one pure
+function, :meth:`Policy.decide`. How a verdict becomes an action:
+
+1. A failed audit (status ``auditor_error``, ``unparseable`` or ``invalid_input``) takes the action
+   configured for that status (default: escalate). Nothing else is consulted: a failed verdict has
+   no risk, and it is never read as safe.
+2. Otherwise the risk level is the auditor's, unless the verdict carries score-mode
+   ``probabilities`` and the policy sets ``thresholds``; then the level is re-graded from them.
+3. The level's action comes from the top-level ``safe`` / ``potentially_harmful`` / ``harmful``
+   keys, overridden per category. With several categories, each contributes its override for the
+   level (or the top-level action when it has none) and the **strictest** wins, in the order
+   ``block > escalate > redact > allow``.
+4. With ``probabilities`` and ``min_confidence``, a top probability below ``min_confidence`` adds
+   the ``low_confidence`` action (default escalate); again the strictest wins, so uncertainty can
+   tighten a decision but never loosen it.
+5. An escalation is held as ``escalation_fallback`` (default block) while a human reviews.
+
+``allow`` for a failed status, or as ``escalation_fallback``, is legal but **fails open**: an
+output nobody could grade reaches the caller. It must be spelled out, and is logged as a warning
+when the policy is built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from traceguard._decision import Action, Decision
+from traceguard._exceptions import ConfigurationError
+from traceguard._trace import Trace
+from traceguard._verdict import AuditStatus, Label, Verdict
+
+__all__ = ["CategoryRule", "Policy", "Redaction", "Thresholds", "strictest"]
+
+logger = logging.getLogger("traceguard.policy")
+
+_STRICTNESS = {Action.ALLOW: 0, Action.REDACT: 1, Action.ESCALATE: 2, Action.BLOCK: 3}
+
+_STATUS_PHRASE = {
+    AuditStatus.AUDITOR_ERROR: "auditor error",
+    AuditStatus.UNPARSEABLE: "unparseable auditor output",
+    AuditStatus.INVALID_INPUT: "invalid input",
+}
+
+# Error messages come from auditors and may echo audited text; a reason is a one-liner.
+_MAX_ERROR_CHARS = 200
+
+
+def strictest(actions: list[Action] | tuple[Action, ...]) -> Action:
+    """The strictest of ``actions``: ``block > escalate > redact > allow``."""
+    if not actions:
+        raise ValueError("strictest() needs at least one action")
+    return max(actions, key=_STRICTNESS.__getitem__)
+
+
+class _Config(BaseModel):
+    # Frozen so a policy shared between threads cannot change under a running decision; extra keys
+    # are refused so a typo ("harmfull: allow") is an error rather than a silently ignored rule.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CategoryRule(_Config):
+    """Per-category overrides of the level actions; a missing level uses the top-level action."""
+
+    safe: Action | None = None
+    potentially_harmful: Action | None = None
+    harmful: Action | None = None
+
+    def for_label(self, label: Label) -> Action | None:
+        """The override for ``label``, if any."""
+        value: Action | None = getattr(self, label.value)
+        return value
+
+
+class Thresholds(_Config):
+    """Score-mode cut-offs that re-grade a verdict from its level probabilities.
+
+    ``P(1) >= harmful`` gives harmful; else ``P(0.5) + P(1) >= potentially_harmful`` gives
+    potentially harmful; else safe.
+    """
+
+    harmful: float = Field(default=0.5, gt=0.0, le=1.0)
+    potentially_harmful: float = Field(default=0.5, gt=0.0, le=1.0)
+
+
+class Redaction(_Config):
+    """What a redacted output looks like.
+
+    ``drop_thinking`` removes the thinking and keeps the response; ``refuse`` also replaces the
+    response with ``refusal_message``. A trace without thinking passes its response unchanged
+    under ``drop_thinking``: pick ``refuse`` when the response itself may carry the harm.
+    """
+
+    strategy: Literal["drop_thinking", "refuse"] = "drop_thinking"
+    refusal_message: str = "I can't help with that request."
+
+
+class Policy(_Config):
+    """How verdicts become decisions. Defaults never fail open.
+
+    Build one from keyword arguments, a mapping (:meth:`model_validate`) or a file
+    (:meth:`from_file`). See the module documentation for the order in which rules apply.
+    """
+
+    safe: Action = Action.ALLOW
+    potentially_harmful: Action = Action.REDACT
+    harmful: Action = Action.BLOCK
+    auditor_error: Action = Action.ESCALATE
+    """The audit failed (timeout, connection, crash). ``allow`` here fails open."""
+    unparseable: Action = Action.ESCALATE
+    """The auditor answered without a readable verdict. ``allow`` here fails open."""
+    invalid_input: Action = Action.ESCALATE
+    """The trace could not be audited (an image over the limits). ``allow`` here fails open."""
+    escalation_fallback: Action = Action.BLOCK
+    """What an escalated output is treated as while a human reviews: block, redact or allow."""
+    categories: dict[str, CategoryRule] = Field(default_factory=dict)
+    thresholds: Thresholds | None = None
+    min_confidence: float | None = Field(default=None, gt=0.0, le=1.0)
+    """With probabilities: a top level probability below this adds ``low_confidence``."""
+    low_confidence: Action = Action.ESCALATE
+    redaction: Redaction = Field(default_factory=Redaction)
+
+    @field_validator("escalation_fallback")
+    @classmethod
+    def _fallback_is_not_escalate(cls, value: Action) -> Action:
+        if value is Action.ESCALATE:
+            raise ValueError("escalation_fallback must be block, redact or allow")
+        return value
+
+    @model_validator(mode="after")
+    def _warn_fail_open(self) -> Policy:
+        for status in _STATUS_PHRASE:
+            if getattr(self, status.value) is Action.ALLOW:
+                logger.warning("policy fails open: %s → allow", status.value)
+        if self.escalation_fallback is Action.ALLOW:
+            logger.warning("policy fails open: escalations are allowed while pending review")
+        return self
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "<mapping>") -> Policy:
+        """Validate a mapping; errors become :class:`ConfigurationError` naming ``source``."""
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise ConfigurationError(_describe_errors(source, exc)) from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Policy:
+        """Load a policy from ``.yaml``/``.yml``, ``.toml`` or ``.json``.
+
+        Raises:
+            ConfigurationError: unreadable file, unknown format, syntax error, unknown key or
+                invalid value; the message names the file and the field.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"{path}: cannot read policy file: {exc}") from None
+        data = _parse(path, text)
+        if data is None:
+            data = {}  # an empty (or all-comment) file means "the defaults"
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"{path}: a policy file must hold a mapping at the top level")
+        return cls.from_mapping(data, source=str(path))
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    def decide(self, verdict: Verdict, trace: Trace | None = None) -> Decision:
+        """Map ``verdict`` to a decision; pure (no I/O, no state).
+
+        ``trace`` supplies the output that an allow passes through and a redaction edits; without
+        it ``Decision.thinking``/``response`` are None.
+        """
+        if not verdict.is_ok:
+            action = getattr(self, verdict.status.value)
+            phrase = _STATUS_PHRASE[verdict.status]
+            if verdict.error is not None:
+                message = _shorten(verdict.error.message)
+                phrase = f"{phrase} ({verdict.error.type}: {message})"
+            return self._build(action, phrase, verdict, trace)
+
+        label, why = self._grade(verdict)
+        action, by_category = self._level_action(label, verdict.categories)
+        head = f"risk {label.risk:g} ({label.value})"
+        if why:
+            head += f" {why}"
+        if by_category:
+            head += f", {by_category}"
+        confidence = _top_probability(verdict)
+        if (
+            self.min_confidence is not None
+            and confidence is not None
+            and confidence < self.min_confidence
+        ):
+            head += f", low confidence {confidence:.2f} < {self.min_confidence:g}"
+            action = strictest([action, self.low_confidence])
+        return self._build(action, head, verdict, trace)
+
+    def _grade(self, verdict: Verdict) -> tuple[Label, str]:
+        """The level to act on, and why it differs from the auditor's (empty when it does not)."""
+        assert verdict.label is not None  # an OK verdict always has one
+        probs = _normalised(verdict.probabilities)
+        if self.thresholds is None or probs is None:
+            return verdict.label, ""
+        p_harmful = probs[Label.HARMFUL]
+        p_at_least_half = probs[Label.POTENTIALLY_HARMFUL] + p_harmful
+        if p_harmful >= self.thresholds.harmful:
+            label = Label.HARMFUL
+            why = f"by P(1)={p_harmful:.2f} ≥ {self.thresholds.harmful:g}"
+        elif p_at_least_half >= self.thresholds.potentially_harmful:
+            label = Label.POTENTIALLY_HARMFUL
+            why = f"by P(≥0.5)={p_at_least_half:.2f} ≥ {self.thresholds.potentially_harmful:g}"
+        else:
+            label = Label.SAFE
+            why = f"by P(≥0.5)={p_at_least_half:.2f} < {self.thresholds.potentially_harmful:g}"
+        return label, why
+
+    def _level_action(self, label: Label, categories: tuple[str, ...]) -> tuple[Action, str]:
+        """The action for ``label`` after category overrides, and the categories that set it."""
+        base: Action = getattr(self, label.value)
+        # A category without an override stands for the top-level action, so loosening one
+        # category never loosens a verdict that also names another.
+        chosen = [(self._override(name, label) or base, name) for name in categories]
+        if not chosen:
+            return base, ""
+        action = strictest([candidate for candidate, _ in chosen])
+        if action is base:
+            return base, ""
+        names = ", ".join(repr(name) for candidate, name in chosen if candidate is action)
+        return action, f"category {names}"
+
+    def _override(self, category: str, label: Label) -> Action | None:
+        rule = self.categories.get(category)
+        return rule.for_label(label) if rule is not None else None
+
+    def _build(self, action: Action, head: str, verdict: Verdict, trace: Trace | None) -> Decision:
+        disposition = self.escalation_fallback if action is Action.ESCALATE else action
+        reason = f"{head} → {action.value}"
+        if action is Action.ESCALATE:
+            reason += f", held as {disposition.value}"
+        thinking, response = self._output(disposition, trace)
+        return Decision(
+            action=action,
+            reason=reason,
+            verdict=verdict,
+            disposition=disposition,
+            thinking=thinking,
+            response=response,
+            trace_id=trace.id if trace is not None else None,
+        )
+
+    def _output(self, disposition: Action, trace: Trace | None) -> tuple[str | None, str | None]:
+        """The thinking and response the caller may see under ``disposition``."""
+        if trace is None or disposition is Action.BLOCK:
+            return None, None
+        if disposition is Action.ALLOW:
+            return trace.thinking, trace.response
+        if self.redaction.strategy == "refuse":
+            return None, self.redaction.refusal_message
+        return None, trace.response
+
+
+def _normalised(probabilities: Mapping[str, float] | None) -> dict[Label, float] | None:
+    """Level probabilities summing to 1, or None when there are none usable.
+
+    Keys may be spelled ``"0"``/``"0.0"``; missing levels count as 0. Negative, non-finite or
+    all-zero values make the distribution unusable and the auditor's own label stands.
+    """
+    if not probabilities:
+        return None
+    out = dict.fromkeys(Label, 0.0)
+    for key, value in probabilities.items():
+        try:
+            label = Label.from_risk(float(key))
+        except ValueError:
+            continue
+        if not math.isfinite(value) or value < 0:
+            return None
+        out[label] += value
+    total = sum(out.values())
+    if total <= 0:
+        return None
+    return {label: value / total for label, value in out.items()}
+
+
+def _top_probability(verdict: Verdict) -> float | None:
+    probs = _normalised(verdict.probabilities)
+    return max(probs.values()) if probs is not None else None
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def _parse(path: Path, text: str) -> Any:
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigurationError(
+                f"{path}: reading YAML policies needs PyYAML: pip install 'traceguard[yaml]'"
+            ) from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(f"{path}: invalid YAML: {exc}") from None
+    if suffix == ".toml":
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - exercised on Python 3.10 only
+            import tomli as tomllib
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{path}: invalid TOML: {exc}") from None
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"{path}: invalid JSON: {exc}") from None
+    raise ConfigurationError(
+        f"{path}: unknown policy format {suffix!r} (expected .yaml, .yml, .toml or .json)"
+    )
+
+
+def _describe_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in error["loc"]) or "<root>"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {field}: {message}")
+    return "invalid policy:\n  " + "\n  ".join(lines)

@@ -1,0 +1,381 @@
+"""Where decisions are recorded: :class:`AuditRecord` and the :class:`Sink` implementations.
+
+A sink receives one :class:`AuditRecord` per checked trace. Records carry sizes, hashes and image
+identities (``Trace.summary()``), the decision and the verdict; never image bytes and never the
+audited text itself. Sinks are thread-safe. ``Guard`` isolates the caller from sink failures, and
+runs sinks marked ``slow`` (the webhook) behind a :class:`BackgroundSink`.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import datetime as dt
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import tenacity
+
+from traceguard._decision import Decision
+from traceguard._exceptions import TraceguardError
+from traceguard._trace import Trace
+from traceguard._verdict import Verdict
+
+__all__ = [
+    "AuditRecord",
+    "BackgroundSink",
+    "JsonlSink",
+    "Sink",
+    "SinkError",
+    "WebhookSink",
+]
+
+logger = logging.getLogger("traceguard.sinks")
+
+
+class SinkError(TraceguardError):
+    """A sink could not record an audit record (closed, rejected by the receiver, retries spent)."""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """What a sink stores about one checked trace. JSON-ready through :meth:`to_dict`."""
+
+    decision: Decision
+    content_hash: str
+    trace_summary: Mapping[str, Any]
+    """``Trace.summary()``: ids, sizes, image identities; never image bytes."""
+    trace_id: str | None = None
+    timestamp: float = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).timestamp())
+    """Seconds since the epoch (UTC)."""
+    record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Unique per record, so a receiver can drop the duplicate of a retried delivery."""
+
+    @classmethod
+    def from_decision(cls, trace: Trace, decision: Decision) -> AuditRecord:
+        """The record of ``decision`` about ``trace``."""
+        return cls(
+            decision=decision,
+            content_hash=trace.content_hash(),
+            trace_summary=trace.summary(),
+            trace_id=trace.id,
+        )
+
+    @property
+    def verdict(self) -> Verdict:
+        """The auditor's verdict behind the decision."""
+        return self.decision.verdict
+
+    @property
+    def iso_time(self) -> str:
+        """``timestamp`` as an ISO-8601 UTC string."""
+        moment = dt.datetime.fromtimestamp(self.timestamp, tz=dt.timezone.utc)
+        return moment.isoformat(timespec="milliseconds")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping; the verdict is nested under ``decision.verdict``."""
+        return {
+            "record_id": self.record_id,
+            "timestamp": self.iso_time,
+            "trace_id": self.trace_id,
+            "content_hash": self.content_hash,
+            "trace": dict(self.trace_summary),
+            "decision": self.decision.to_dict(),
+        }
+
+    def to_json(self) -> str:
+        """One line of JSON (no newline inside)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+class Sink(abc.ABC):
+    """Receives audit records. Implementations must be thread-safe.
+
+    ``emit`` may raise on failure (``Guard`` logs and counts it); ``close`` releases resources and
+    is idempotent. ``slow`` sinks (network I/O) are run off the hot path by ``Guard``.
+    """
+
+    slow: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def emit(self, record: AuditRecord) -> None:
+        """Record one audit record."""
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until emitted records are stored; True when nothing is left pending."""
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook; stateless sinks hold nothing
+        """Release files, connections and threads. Idempotent."""
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class JsonlSink(Sink):
+    """Appends one JSON line per record to a file.
+
+    Each line is written with a single ``write`` on a descriptor opened with ``O_APPEND``, so lines
+    from several threads or processes never interleave. Writes are unbuffered (nothing waits in
+    a Python buffer); pass ``fsync=True`` to also force them to disk.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False, mode: int = 0o600):
+        self.path = Path(path)
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        # 0o600 by default: records hold verdict analyses, which quote the audited text.
+        self._fd: int | None = os.open(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), mode
+        )
+
+    def emit(self, record: AuditRecord) -> None:
+        data = (record.to_json() + "\n").encode("utf-8")
+        with self._lock:
+            if self._fd is None:
+                raise SinkError(f"JsonlSink({self.path}) is closed")
+            written = os.write(self._fd, data)
+            if written != len(data):
+                # Regular files do not short-write outside of a full disk; finish the line
+                # rather than leave half a record, even if another process interleaves.
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(self._fd, view) :]
+            if self._fsync:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __repr__(self) -> str:
+        return f"JsonlSink({str(self.path)!r})"
+
+
+class _RetryableStatus(Exception):
+    def __init__(self, status: int, retry_after: float | None = None) -> None:
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(f"HTTP {status}")
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    # Only the delta-seconds form; an HTTP date is rare from webhook receivers and falls back
+    # to the exponential backoff.
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _safe_url(url: httpx.URL) -> str:
+    # Webhook URLs often carry their secret in the path or query (Slack, Teams): show the origin.
+    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+
+
+class WebhookSink(Sink):
+    """POSTs each record as JSON to a URL.
+
+    Retries with exponential backoff and jitter on transport errors (connection refused, timeouts),
+    HTTP 429 and 5xx (honouring a ``Retry-After`` in seconds, up to ``max_backoff``); never on other
+    4xx, which mean the receiver rejects the record, nor on redirects, which are not followed.
+    Each record has a unique ``record_id`` so the receiver can drop a duplicate delivered by a
+    retry.
+
+    Header values (auth tokens) and the URL's path and query never appear in logs, errors or the
+    repr. ``Guard`` runs this sink in a :class:`BackgroundSink` by default.
+    """
+
+    slow: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self._client = httpx.Client(
+            headers=dict(headers or {}), timeout=timeout, transport=transport
+        )
+        self._url = httpx.URL(url)
+        self._origin = _safe_url(self._url)
+        # Spelled as exponential + random rather than wait_exponential_jitter, whose argument
+        # names differ between the tenacity versions we support.
+        self._backoff = tenacity.wait_exponential(multiplier=backoff, max=max_backoff) + (
+            tenacity.wait_random(0, backoff)
+        )
+        self._max_backoff = max_backoff
+        self._retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(max_retries + 1),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type((httpx.TransportError, _RetryableStatus)),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        delay = float(self._backoff(state))
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, _RetryableStatus) and exc.retry_after is not None:
+            # The receiver said when to come back (429/503): wait at least that, within bounds.
+            delay = max(delay, min(exc.retry_after, self._max_backoff))
+        return delay
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        logger.warning(
+            "webhook %s: attempt %d failed (%s), retrying",
+            self._origin,
+            state.attempt_number,
+            type(exc).__name__ if not isinstance(exc, _RetryableStatus) else exc,
+        )
+
+    def _post_once(self, body: bytes) -> None:
+        response = self._client.post(
+            self._url, content=body, headers={"content-type": "application/json"}
+        )
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise _RetryableStatus(
+                status, _retry_after_seconds(response.headers.get("retry-after"))
+            )
+        if status >= 300:
+            # Redirects are not followed: re-posting an audit record to wherever a 3xx points
+            # would hand it to a host nobody configured.
+            raise SinkError(f"webhook {self._origin} rejected the record: HTTP {status}")
+
+    def emit(self, record: AuditRecord) -> None:
+        body = record.to_json().encode("utf-8")
+        try:
+            # A copy per call: a Retrying object keeps per-run state, and emit runs on many threads.
+            self._retrying.copy()(self._post_once, body)
+        except _RetryableStatus as exc:
+            raise SinkError(f"webhook {self._origin} kept failing: HTTP {exc.status}") from None
+        except httpx.TransportError as exc:
+            # The message of a transport error may include the full URL; name only its type.
+            raise SinkError(f"webhook {self._origin} unreachable: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return f"WebhookSink({self._origin!r})"
+
+
+class BackgroundSink(Sink):
+    """Runs another sink on a daemon worker thread so ``emit`` never waits for it.
+
+    The queue is bounded: when it is full a record is dropped, counted in ``dropped`` and logged
+    (never blocking the caller). Failures of the inner sink are logged and counted in
+    ``errors``. Call :meth:`flush` or :meth:`close` before exit: records still queued when the
+    process ends are lost.
+    """
+
+    def __init__(self, inner: Sink, maxsize: int = 1000) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        self.inner = inner
+        self.maxsize = maxsize
+        self.dropped = 0
+        self.errors = 0
+        self._queue: collections.deque[AuditRecord] = collections.deque()
+        self._pending = 0  # queued plus the one being emitted
+        self._closing = False
+        self._cond = threading.Condition()
+        self._worker = threading.Thread(
+            target=self._run, name=f"traceguard-sink-{type(inner).__name__}", daemon=True
+        )
+        self._worker.start()
+
+    def emit(self, record: AuditRecord) -> None:
+        with self._cond:
+            if self._closing:
+                raise SinkError(f"{self!r} is closed")
+            if len(self._queue) >= self.maxsize:
+                self.dropped += 1
+                dropped = self.dropped
+            else:
+                self._queue.append(record)
+                self._pending += 1
+                self._cond.notify_all()
+                return
+        # Log outside the lock, and not once per record: a stuck receiver would flood the log.
+        if dropped == 1 or dropped % 100 == 0:
+            logger.warning("%r queue full: dropped %d record(s) so far", self, dropped)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                record = self._queue.popleft()
+            try:
+                self.inner.emit(record)
+            except Exception as exc:
+                with self._cond:
+                    self.errors += 1
+                logger.error("%r: inner sink failed: %s", self, exc)
+            finally:
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+    @property
+    def pending(self) -> int:
+        """Records queued or being emitted."""
+        with self._cond:
+            return self._pending
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has handed every queued record to the inner sink."""
+        with self._cond:
+            done = self._cond.wait_for(lambda: self._pending == 0, timeout)
+        return done and self.inner.flush(timeout)
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Deliver what is queued (up to ``timeout`` s), stop the worker, close the inner sink.
+
+        Records still queued after ``timeout`` are abandoned and logged as lost.
+        """
+        with self._cond:
+            if self._closing:
+                return
+        self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            lost = len(self._queue)
+            self._queue.clear()
+            self._pending -= lost
+            self._cond.notify_all()
+        if lost:
+            logger.warning("%r closed with %d undelivered record(s)", self, lost)
+        self._worker.join(timeout)
+        self.inner.close()
+
+    def __repr__(self) -> str:
+        return f"BackgroundSink({self.inner!r})"
