@@ -34,11 +34,13 @@ from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink, Sink
 from traceguard._trace import ToolCall, Trace, Turn
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 from traceguard._version import __version__
+from traceguard.audit import AuditSummary, arun_audit, run_audit
 
 __all__ = [
     "Action",
     "AuditRecord",
     "AuditStatus",
+    "AuditSummary",
     "Auditor",
     "AuditorError",
     "AuditorResponseError",
@@ -74,9 +76,11 @@ __all__ = [
     "Turn",
     "Verdict",
     "WebhookSink",
+    "arun_audit",
     "extract_chat_message",
     "extract_langchain_message",
     "extract_responses_output",
+    "run_audit",
     "split_think_tags",
     "strictest",
     "__version__",

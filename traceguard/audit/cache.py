@@ -1,0 +1,135 @@
+"""A SQLite verdict cache, so a trace seen before is not audited again.
+
+Keys combine :meth:`Trace.content_hash` (everything the auditor sees) with the auditor's name and
+mode, so switching auditor or mode never reuses a verdict. Only ``OK`` verdicts are stored: an
+auditor error or an unparseable output may well succeed next time, and caching it would turn a
+transient failure into a permanent one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from traceguard._exceptions import ConfigurationError
+from traceguard._trace import Trace
+from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
+
+__all__ = ["VerdictCache", "cache_key"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS verdicts (
+    key TEXT PRIMARY KEY,
+    verdict TEXT NOT NULL
+)
+"""
+_COMMIT_EVERY = 200
+
+
+def cache_key(trace: Trace, auditor: str, mode: str) -> str:
+    """The cache key of a trace for one auditor and mode."""
+    blob = json.dumps([trace.content_hash(), auditor, mode]).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _encode(verdict: Verdict) -> str:
+    data = verdict.to_dict()
+    return json.dumps(data, ensure_ascii=False, sort_keys=True)
+
+
+def _decode(text: str) -> Verdict:
+    data: dict[str, Any] = json.loads(text)
+    error = data.get("error")
+    label = data.get("label")
+    return Verdict(
+        status=AuditStatus(data["status"]),
+        auditor=data["auditor"],
+        risk=data.get("risk"),
+        label=Label(label) if label is not None else None,
+        categories=tuple(data.get("categories") or ()),
+        analysis=data.get("analysis") or "",
+        raw_output=data.get("raw_output"),
+        latency_ms=float(data.get("latency_ms") or 0.0),
+        probabilities=data.get("probabilities"),
+        error=ErrorInfo(**error) if error else None,
+        details=data.get("details") or {},
+    )
+
+
+class VerdictCache:
+    """Verdicts by cache key, in one SQLite file.
+
+    Not thread-safe: the audit runner touches it from one thread only. Writes are committed in
+    groups (and on :meth:`close`), so a crash loses at most the last few entries — which only
+    means they are audited again.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # One thread at a time, but not always the creating one (an event loop thread).
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level="DEFERRED", check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+            self._db.commit()
+        except sqlite3.Error as exc:
+            raise ConfigurationError(f"cannot open the verdict cache {self.path}: {exc}") from exc
+        self._pending = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Verdict | None:
+        """The cached verdict for ``key``, or None."""
+        row = self._db.execute("SELECT verdict FROM verdicts WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        try:
+            verdict = _decode(row[0])
+        except (ValueError, KeyError, TypeError):
+            # A corrupt or outdated entry is a miss, never a verdict.
+            self.misses += 1
+            return None
+        if not verdict.is_ok:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return verdict
+
+    def put(self, key: str, verdict: Verdict) -> None:
+        """Store an OK verdict; failed verdicts are ignored on purpose."""
+        if not verdict.is_ok:
+            return
+        self._db.execute(
+            "INSERT OR REPLACE INTO verdicts (key, verdict) VALUES (?, ?)", (key, _encode(verdict))
+        )
+        self._pending += 1
+        if self._pending >= _COMMIT_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit pending writes."""
+        if self._pending:
+            self._db.commit()
+            self._pending = 0
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
+
+    def close(self) -> None:
+        """Commit and close the database."""
+        self.flush()
+        self._db.close()
+
+    def __enter__(self) -> VerdictCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,353 @@
+"""Auditing log files end to end: :func:`run_audit` (threads) and :func:`arun_audit` (asyncio).
+
+Both read the inputs as a stream, audit the traces with bounded concurrency, and write one record
+per trace to ``out`` in input order (see :mod:`traceguard.audit.records`). Both share all logic
+in :class:`~traceguard.audit._pipeline.Pipeline`; they differ only in how they wait for the
+auditor. Neither starts an event loop of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Literal
+
+from traceguard._auditor import Auditor
+from traceguard._exceptions import ConfigurationError
+from traceguard._policy import Policy
+from traceguard._verdict import Verdict
+from traceguard.audit._messages import LogItem
+from traceguard.audit._output import OutputWriter, existing_records, truncate_torn_tail
+from traceguard.audit._pipeline import Job, Pipeline
+from traceguard.audit.cache import VerdictCache
+from traceguard.audit.progress import Progress
+from traceguard.audit.readers import Format, LogReader, expand_inputs
+from traceguard.audit.summary import AuditSummary
+
+__all__ = ["arun_audit", "common_image_root", "open_readers", "run_audit"]
+
+PathLike = str | os.PathLike[str]
+
+
+def open_readers(
+    inputs: Sequence[PathLike] | PathLike,
+    *,
+    format: Format | Literal["auto"] = "auto",
+    image_root: PathLike | None = None,
+    batch_output: PathLike | None = None,
+) -> list[LogReader]:
+    """One reader per input file (folders expand to their log files); formats detected here."""
+    paths = [Path(inputs)] if isinstance(inputs, str | os.PathLike) else [Path(p) for p in inputs]
+    files = expand_inputs(paths)
+    root = Path(image_root) if image_root is not None else None
+    if root is not None and not root.is_dir():
+        raise ConfigurationError(f"--image-root is not a folder: {root}")
+    readers = [LogReader(f, format, image_root=root) for f in files]
+    if batch_output is not None:
+        batch_readers = [r for r in readers if r.format == "openai-batch"]
+        if len(batch_readers) != 1:
+            raise ConfigurationError("--batch-output needs exactly one openai-batch request file")
+        output = Path(batch_output)
+        if not output.is_file():
+            raise ConfigurationError(f"batch output file not found: {output}")
+        batch_readers[0].batch_output = output
+    return readers
+
+
+def common_image_root(readers: Sequence[LogReader], image_root: PathLike | None = None) -> Path:
+    """The folder an auditor's :class:`ImageAccess` should allow: ``image_root`` if given, else
+    the deepest folder holding every input file (each file's images resolve under its own
+    folder, which this contains)."""
+    if image_root is not None:
+        return Path(image_root).resolve()
+    if not readers:
+        return Path.cwd()
+    return Path(os.path.commonpath([str(r.path.resolve().parent) for r in readers]))
+
+
+def _chain(readers: Sequence[LogReader]) -> Iterator[LogItem]:
+    for reader in readers:
+        yield from reader.items()
+
+
+class _Run:
+    """Setup and teardown shared by both drivers: readers, resume, cache, writer, progress."""
+
+    def __init__(
+        self,
+        inputs: Sequence[PathLike] | PathLike,
+        out: PathLike,
+        *,
+        auditor: Auditor | None,
+        policy: Policy | None,
+        format: Format | Literal["auto"],
+        image_root: PathLike | None,
+        batch_output: PathLike | None,
+        concurrency: int,
+        batch_size: int,
+        resume: bool,
+        cache: PathLike | VerdictCache | None,
+        report: PathLike | None,
+        progress: bool | Progress,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        if batch_size < 1:
+            raise ConfigurationError("batch size must be at least 1")
+        self.started = time.monotonic()
+        self.out = Path(out)
+        self.readers = open_readers(
+            inputs, format=format, image_root=image_root, batch_output=batch_output
+        )
+        self.concurrency = concurrency
+        self.owns_auditor = auditor is None
+        if auditor is None:
+            from traceguard.auditors.baseline import BaselineAuditor
+
+            auditor = BaselineAuditor()
+        self.auditor = auditor
+        self.policy = policy if policy is not None else Policy()
+        self.report = Path(report) if report is not None else None
+        self.summary = AuditSummary(output=self.out)
+        self.owns_cache = cache is not None and not isinstance(cache, VerdictCache)
+        self.cache = (
+            cache
+            if isinstance(cache, VerdictCache) or cache is None
+            else VerdictCache(os.fspath(cache))
+        )
+        items = _chain(self.readers)
+        if resume and self.out.exists():
+            self._skip_written(items)
+        self.writer = OutputWriter(self.out, append=resume)
+        total = sum(r.size for r in self.readers)
+        if isinstance(progress, Progress):
+            self.progress = progress
+        else:
+            self.progress = Progress(total, enabled=progress)
+        self.pipeline = Pipeline(
+            items,
+            auditor_name=auditor.name,
+            mode=str(getattr(auditor, "mode", "full")),
+            policy=self.policy,
+            writer=self.writer,
+            summary=self.summary,
+            cache=self.cache,
+            batch_size=batch_size,
+            window=concurrency * batch_size * 4 + 32,
+            on_write=self._on_write,
+        )
+
+    def _skip_written(self, items: Iterator[LogItem]) -> None:
+        """Check the records already in ``out`` against the input and skip past them."""
+        truncate_torn_tail(self.out)
+        for number, record in enumerate(existing_records(self.out), start=1):
+            item = next(items, None)
+            if item is None:
+                raise ConfigurationError(
+                    f"cannot resume: {self.out} has more records than the input has traces"
+                )
+            if record.get("id") != item.id:
+                raise ConfigurationError(
+                    f"cannot resume: record {number} of {self.out} is {record.get('id')!r} but "
+                    f"trace {number} of the input is {item.id!r}; the input changed since the "
+                    "interrupted run (run again without --resume)"
+                )
+            self.summary.add(record)
+            self.summary.resumed += 1
+
+    def _on_write(self) -> None:
+        self.progress.update(self.summary.records, sum(r.counter.bytes for r in self.readers))
+
+    def finish(self) -> AuditSummary:
+        """Close everything, write the report, and return the summary."""
+        self.close()
+        self.progress.close()
+        if self.report is not None:
+            from traceguard.audit.report import write_report
+
+            write_report(
+                self.out,
+                self.report,
+                image_root=common_image_root(self.readers),
+                summary=self.summary,
+            )
+            self.summary.report = self.report
+        self.summary.elapsed_s = time.monotonic() - self.started
+        return self.summary
+
+    def close(self) -> None:
+        """Release files and the cache (and the auditor, when this run created it)."""
+        self.writer.close()
+        if self.cache is not None and self.owns_cache:
+            self.cache.close()
+        elif self.cache is not None:
+            self.cache.flush()
+        if self.owns_auditor:
+            self.auditor.close()
+
+
+def run_audit(
+    inputs: Sequence[PathLike] | PathLike,
+    out: PathLike,
+    *,
+    auditor: Auditor | None = None,
+    policy: Policy | None = None,
+    format: Format | Literal["auto"] = "auto",
+    image_root: PathLike | None = None,
+    batch_output: PathLike | None = None,
+    concurrency: int = 4,
+    batch_size: int = 1,
+    resume: bool = False,
+    cache: PathLike | VerdictCache | None = None,
+    report: PathLike | None = None,
+    progress: bool | Progress = False,
+) -> AuditSummary:
+    """Audit log files and write one verdict record per trace to ``out``, in input order.
+
+    Args:
+        inputs: log files or folders of them.
+        out: the JSON Lines output; overwritten unless ``resume``.
+        auditor: who grades; default the rule baseline
+            (:class:`~traceguard.auditors.baseline.BaselineAuditor`). Give it an
+            :class:`~traceguard.ImageAccess` rooted at :func:`common_image_root`.
+        policy: maps verdicts to actions; default ``Policy()``.
+        format: ``auto`` detects each file's format.
+        image_root: folder image paths resolve under (default: each log file's folder).
+        batch_output: the Batch API output file, when not found next to the request file.
+        concurrency: auditor calls in flight at once (worker threads).
+        batch_size: traces per auditor call (``audit_batch``).
+        resume: keep the records already in ``out`` (after checking them against the input)
+            and audit only the rest.
+        cache: a verdict cache (or its SQLite path); None disables caching.
+        report: also write a self-contained HTML report there.
+        progress: print progress on stderr (or pass a :class:`Progress`).
+
+    Raises:
+        ConfigurationError: bad options, missing inputs, or an output that cannot be resumed.
+    """
+    run = _Run(
+        inputs,
+        out,
+        auditor=auditor,
+        policy=policy,
+        format=format,
+        image_root=image_root,
+        batch_output=batch_output,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        resume=resume,
+        cache=cache,
+        report=report,
+        progress=progress,
+    )
+    try:
+        _drive_threads(run.pipeline, run.auditor, run.concurrency)
+    except BaseException:
+        run.close()
+        raise
+    return run.finish()
+
+
+def _drive_threads(pipeline: Pipeline, auditor: Auditor, concurrency: int) -> None:
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="traceguard-audit") as pool:
+        in_flight: dict[Future[list[Verdict]], Job] = {}
+        try:
+            while True:
+                while len(in_flight) < concurrency:
+                    job = pipeline.next_job()
+                    if job is None:
+                        break
+                    in_flight[pool.submit(auditor.audit_batch, job.traces)] = job
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job = in_flight.pop(future)
+                    exc = future.exception()
+                    pipeline.complete(job, exc if exc is not None else future.result())
+        finally:
+            for future in in_flight:
+                future.cancel()
+    _check_drained(pipeline)
+
+
+async def arun_audit(
+    inputs: Sequence[PathLike] | PathLike,
+    out: PathLike,
+    *,
+    auditor: Auditor | None = None,
+    policy: Policy | None = None,
+    format: Format | Literal["auto"] = "auto",
+    image_root: PathLike | None = None,
+    batch_output: PathLike | None = None,
+    concurrency: int = 8,
+    batch_size: int = 1,
+    resume: bool = False,
+    cache: PathLike | VerdictCache | None = None,
+    report: PathLike | None = None,
+    progress: bool | Progress = False,
+) -> AuditSummary:
+    """Async :func:`run_audit`: auditor calls go through ``aaudit_batch`` as concurrent tasks.
+
+    Prefer it for served auditors (native async HTTP, no thread per request in flight).
+    Arguments are those of :func:`run_audit`.
+    """
+    run = _Run(
+        inputs,
+        out,
+        auditor=auditor,
+        policy=policy,
+        format=format,
+        image_root=image_root,
+        batch_output=batch_output,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        resume=resume,
+        cache=cache,
+        report=report,
+        progress=progress,
+    )
+    try:
+        await _drive_tasks(run.pipeline, run.auditor, run.concurrency)
+    except BaseException:
+        run.close()
+        raise
+    return run.finish()
+
+
+async def _drive_tasks(pipeline: Pipeline, auditor: Auditor, concurrency: int) -> None:
+    in_flight: dict[asyncio.Task[list[Verdict]], Job] = {}
+    try:
+        while True:
+            while len(in_flight) < concurrency:
+                job = pipeline.next_job()
+                if job is None:
+                    break
+                task = asyncio.ensure_future(auditor.aaudit_batch(job.traces))
+                in_flight[task] = job
+            if not in_flight:
+                break
+            done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                job = in_flight.pop(task)
+                if task.cancelled():  # cancelled from inside the auditor, not by this run
+                    pipeline.complete(job, asyncio.CancelledError("auditor call was cancelled"))
+                    continue
+                exc = task.exception()
+                pipeline.complete(job, exc if exc is not None else task.result())
+    finally:
+        for task in in_flight:
+            task.cancel()
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+    _check_drained(pipeline)
+
+
+def _check_drained(pipeline: Pipeline) -> None:
+    # Guards the "never fewer records" promise against a scheduling bug.
+    if not pipeline.exhausted or pipeline.unwritten:
+        raise RuntimeError(f"audit pipeline stopped early ({pipeline.unwritten} records unwritten)")

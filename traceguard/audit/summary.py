@@ -1,0 +1,127 @@
+"""What an audit run produced, counted: :class:`AuditSummary` and its printed table."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["AuditSummary", "FailOn"]
+
+FailOn = Literal["potentially_harmful", "harmful"]
+_THRESHOLD: dict[str, float] = {"potentially_harmful": 0.5, "harmful": 1.0}
+
+
+@dataclass
+class AuditSummary:
+    """Counts over every record of the output file, including those kept by ``--resume``."""
+
+    output: Path
+    records: int = 0
+    resumed: int = 0
+    """Records found in the output file from an earlier run and kept."""
+    audited: int = 0
+    """Traces sent to the auditor in this run."""
+    auditor_calls: int = 0
+    """Batches sent to the auditor (``audited`` traces in ``auditor_calls`` calls)."""
+    cache_hits: int = 0
+    deduplicated: int = 0
+    """Traces that repeated one already in flight and shared its verdict."""
+    elapsed_s: float = 0.0
+    by_status: Counter[str] = field(default_factory=Counter)
+    by_label: Counter[str] = field(default_factory=Counter)
+    by_action: Counter[str] = field(default_factory=Counter)
+    by_category: Counter[str] = field(default_factory=Counter)
+    max_risk: float | None = None
+    auditors: Counter[str] = field(default_factory=Counter)
+    report: Path | None = None
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Count one output record."""
+        self.records += 1
+        self.by_status[str(record.get("status"))] += 1
+        label = record.get("label")
+        if label is not None:
+            self.by_label[str(label)] += 1
+        self.by_action[str(record.get("action"))] += 1
+        for category in record.get("categories") or ():
+            self.by_category[str(category)] += 1
+        risk = record.get("risk")
+        if isinstance(risk, int | float) and (self.max_risk is None or risk > self.max_risk):
+            self.max_risk = float(risk)
+        # Records of unreadable input name the reader, not an auditor: leave them out.
+        if record.get("auditor") and record.get("auditor") != "traceguard-reader":
+            self.auditors[str(record["auditor"])] += 1
+
+    @property
+    def failed(self) -> int:
+        """Records without a verdict (status ``error`` or ``invalid_input``)."""
+        return self.records - self.by_status.get("ok", 0)
+
+    def threshold_hit(self, fail_on: FailOn) -> bool:
+        """True when some trace was graded at or above the ``fail_on`` level."""
+        return self.max_risk is not None and self.max_risk >= _THRESHOLD[fail_on]
+
+    def exit_code(self, fail_on: FailOn | None) -> int:
+        """The CLI's exit code for this run; see :mod:`traceguard.cli` for the table."""
+        if fail_on is None:
+            return 0
+        if self.threshold_hit(fail_on):
+            return 1
+        if self.failed:
+            return 3
+        return 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping."""
+        return {
+            "output": str(self.output),
+            "records": self.records,
+            "resumed": self.resumed,
+            "audited": self.audited,
+            "auditor_calls": self.auditor_calls,
+            "cache_hits": self.cache_hits,
+            "deduplicated": self.deduplicated,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "by_status": dict(self.by_status),
+            "by_label": dict(self.by_label),
+            "by_action": dict(self.by_action),
+            "by_category": dict(self.by_category),
+            "max_risk": self.max_risk,
+            "auditors": dict(self.auditors),
+            "report": str(self.report) if self.report else None,
+        }
+
+    def table(self) -> str:
+        """A short plain-text table for the end of a CLI run."""
+        rate = (self.records - self.resumed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        rows: list[tuple[str, str]] = [
+            (
+                "records written",
+                f"{self.records}" + (f" ({self.resumed} resumed)" if self.resumed else ""),
+            ),
+            ("auditor", ", ".join(sorted(self.auditors)) or "-"),
+            (
+                "audited",
+                f"{self.audited} in {self.auditor_calls} calls; "
+                f"{self.cache_hits} cached, {self.deduplicated} repeated",
+            ),
+            ("time", f"{self.elapsed_s:.1f} s ({rate:.1f} records/s)"),
+        ]
+        for title, counts, order in (
+            ("status", self.by_status, ("ok", "error", "invalid_input")),
+            ("label", self.by_label, ("safe", "potentially_harmful", "harmful")),
+            ("action", self.by_action, ("allow", "redact", "block", "escalate")),
+        ):
+            keys = [k for k in order if counts.get(k)] + sorted(set(counts) - set(order))
+            rows.append((title, "  ".join(f"{k}={counts[k]}" for k in keys) or "-"))
+        if self.by_category:
+            top = self.by_category.most_common(5)
+            rows.append(("top categories", "  ".join(f"{k}={n}" for k, n in top)))
+        rows.append(("output", str(self.output)))
+        if self.report is not None:
+            rows.append(("report", str(self.report)))
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"  {name.ljust(width)}  {value}" for name, value in rows)
