@@ -10,6 +10,7 @@ from traceguard.backends._base import (
     TextPart,
     TokenDistribution,
 )
+from traceguard.backends.transformers import TransformersBackend
 
 __all__ = [
     "ChatBackend",
@@ -20,4 +21,5 @@ __all__ = [
     "ImagePart",
     "TextPart",
     "TokenDistribution",
+    "TransformersBackend",
 ]

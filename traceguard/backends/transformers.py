@@ -1,0 +1,508 @@
+"""A local backend: a Qwen2.5-VL-family auditor run in-process with transformers.
+
+Install with ``pip install 'traceguard[local]'``. The model loads on first use (or eagerly with
+:meth:`TransformersBackend.load`) and is shared by every thread; calls serialise on a lock because a
+PyTorch model is not safe to drive from two threads at once.
+
+What one call does, per batch of ``batch_size`` requests:
+
+1. render each request with the checkpoint's chat template (plus the assistant prefix, if any),
+   pre-resize its images like ``qwen-vl-utils`` (see :mod:`traceguard.backends._qwen_vision`);
+2. if the prompt is over ``max_input_tokens``, cut the middle of the longest user text — never an
+   image or a template token — and mark the result ``truncated``;
+3. left-pad the batch and run one greedy ``generate`` (or one forward pass for token scores).
+
+Audited text is hostile: strings that spell the model's control tokens (``<|im_end|>``,
+``<|image_pad|>``, ...) are defused before tokenisation, so a trace cannot close its own turn or
+forge an assistant answer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from traceguard._exceptions import AuditorError, AuditorUnavailable, ConfigurationError
+from traceguard.backends._base import (
+    ChatBackend,
+    ChatRequest,
+    ChatResult,
+    Completion,
+    ImagePart,
+    ScoreResult,
+    TextPart,
+    TokenDistribution,
+)
+from traceguard.backends._qwen_vision import prepare_images
+
+__all__ = ["TransformersBackend"]
+
+_INSTALL_HINT = "pip install 'traceguard[local]'"
+_TRUNCATION_MARK = "\n[...]\n"
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+# Inserted after the "<" of a control-token lookalike: invisible, and it breaks the exact match.
+_DEFUSE = "\u200b"
+
+
+@dataclass
+class _Runtime:
+    """Everything loaded from the checkpoint."""
+
+    torch: Any
+    model: Any
+    processor: Any
+    tokenizer: Any
+    chat_template: str
+    device: Any
+    eos_ids: frozenset[int]
+    pad_id: int
+    control_tokens: re.Pattern[str] | None
+
+
+@dataclass
+class _Prepared:
+    """One request rendered and measured, ready to be batched."""
+
+    text: str
+    images: list[Any]
+    prompt_tokens: int
+    truncated: bool
+    max_new_tokens: int
+
+
+class TransformersBackend(ChatBackend):
+    """Run a Qwen2.5-VL auditor (GuardTrace-VL-3B, or any fine-tune of it) with transformers.
+
+    Args:
+        model: a local checkpoint folder or a hub id (already in the local cache when offline).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, or ``"auto"`` to spread the model
+            with ``device_map="auto"`` (needs ``accelerate``).
+        dtype: ``"auto"`` (bfloat16 on CUDA, float32 elsewhere), ``"float32"``, ``"bfloat16"``
+            or ``"float16"``.
+        attn_implementation: passed to ``from_pretrained`` (``"sdpa"``, ``"flash_attention_2"``).
+        min_pixels: lower bound of an image's area after the pre-resize; None keeps the
+            ``qwen-vl-utils`` default (4 image tokens).
+        max_pixels: upper bound of an image's area. None keeps the ``qwen-vl-utils`` default
+            (16384 image tokens); set it (e.g. ``448 * 448``) to bound the cost of large images.
+            Both bounds are also handed to the checkpoint's image processor.
+        max_input_tokens: prompts longer than this lose the middle of their user text.
+        batch_size: requests per ``generate`` / forward call.
+        trust_remote_code: allow the checkpoint's own Python code (off by default).
+        model_class: the transformers class to load with, by name; default
+            ``Qwen2_5_VLForConditionalGeneration`` (``AutoModelForImageTextToText`` also works).
+        name: the model name reported in completions; default: the folder name or hub id.
+
+    Raises:
+        ConfigurationError: torch or transformers is not installed, or an option is invalid.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        attn_implementation: str | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        max_input_tokens: int = 8192,
+        batch_size: int = 8,
+        trust_remote_code: bool = False,
+        model_class: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigurationError(
+                f"TransformersBackend needs {' and '.join(missing)}: {_INSTALL_HINT}"
+            )
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise ConfigurationError(f"unknown dtype {dtype!r}; use 'auto' or one of {_DTYPES}")
+        if batch_size < 1:
+            raise ConfigurationError("batch_size must be at least 1")
+        if max_input_tokens < 16:
+            raise ConfigurationError("max_input_tokens must be at least 16")
+        if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+            raise ConfigurationError("min_pixels must not exceed max_pixels")
+        self.model_path = str(model)
+        self.device = device
+        self.dtype = dtype
+        self.attn_implementation = attn_implementation
+        self.min_pixels = min_pixels
+        self.max_pixels = max_pixels
+        self.max_input_tokens = max_input_tokens
+        self.batch_size = batch_size
+        self.trust_remote_code = trust_remote_code
+        self.model_class = model_class
+        local = Path(model)
+        self.name = name or (local.name if local.exists() else str(model))
+        self._lock = threading.RLock()
+        self._runtime: _Runtime | None = None
+
+    def __repr__(self) -> str:
+        return f"TransformersBackend({self.model_path!r}, device={self.device!r})"
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the model and processor now instead of on the first call.
+
+        Raises:
+            ConfigurationError: the checkpoint cannot be loaded (missing folder, unknown class,
+                ``accelerate`` missing for ``device="auto"``).
+        """
+        self._ensure_loaded()
+
+    @property
+    def model(self) -> Any:
+        """The loaded transformers model (loads it if needed)."""
+        return self._ensure_loaded().model
+
+    @property
+    def processor(self) -> Any:
+        """The loaded processor (tokenizer + image processor; loads it if needed)."""
+        return self._ensure_loaded().processor
+
+    def close(self) -> None:
+        """Drop the model; the next call loads it again."""
+        with self._lock:
+            self._runtime = None
+
+    def _ensure_loaded(self) -> _Runtime:
+        with self._lock:
+            if self._runtime is None:
+                self._runtime = self._load()
+            return self._runtime
+
+    def _load(self) -> _Runtime:
+        import torch
+        import transformers
+
+        from traceguard.backends._qwen_processor import load_processor
+
+        class_name = self.model_class or "Qwen2_5_VLForConditionalGeneration"
+        model_cls = getattr(transformers, class_name, None)
+        if model_cls is None:
+            raise ConfigurationError(f"transformers has no model class {class_name!r}")
+        kwargs: dict[str, Any] = {
+            "dtype": self._torch_dtype(torch),
+            "trust_remote_code": self.trust_remote_code,
+        }
+        if self.attn_implementation is not None:
+            kwargs["attn_implementation"] = self.attn_implementation
+        if self.device == "auto":
+            if importlib.util.find_spec("accelerate") is None:
+                raise ConfigurationError(f"device='auto' needs accelerate: {_INSTALL_HINT}")
+            kwargs["device_map"] = "auto"
+        try:
+            model = model_cls.from_pretrained(self.model_path, **kwargs)
+            processor, chat_template = load_processor(
+                self.model_path,
+                trust_remote_code=self.trust_remote_code,
+                min_pixels=self.min_pixels,
+                max_pixels=self.max_pixels,
+            )
+            if self.device != "auto":
+                model = model.to(self.device)
+        # Anything from a missing file to a shape mismatch or an absent CUDA device: all of it
+        # means this checkpoint cannot be served as configured.
+        except Exception as exc:
+            raise ConfigurationError(f"cannot load {self.model_path!r}: {exc}") from exc
+        model.eval()
+        tokenizer = processor.tokenizer
+        # Batched generation is only correct with the padding on the left (the new tokens must
+        # follow every prompt directly); Qwen's tokenizer pads on the right by default.
+        tokenizer.padding_side = "left"
+        eos_ids = _as_ids(getattr(model.generation_config, "eos_token_id", None))
+        eos_ids |= _as_ids(tokenizer.eos_token_id)
+        pad_id = tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = min(eos_ids) if eos_ids else 0
+        return _Runtime(
+            torch=torch,
+            model=model,
+            processor=processor,
+            tokenizer=tokenizer,
+            chat_template=chat_template,
+            device=model.device,
+            eos_ids=frozenset(eos_ids),
+            pad_id=int(pad_id),
+            control_tokens=_control_token_pattern(tokenizer),
+        )
+
+    def _torch_dtype(self, torch: Any) -> Any:
+        if self.dtype != "auto":
+            return getattr(torch, _DTYPES[self.dtype])
+        on_cuda = self.device.startswith("cuda") or (
+            self.device == "auto" and torch.cuda.is_available()
+        )
+        return torch.bfloat16 if on_cuda else torch.float32
+
+    def _runtime_or_errors(self, n: int) -> _Runtime | list[AuditorError]:
+        try:
+            return self._ensure_loaded()
+        except ConfigurationError as exc:
+            return [AuditorUnavailable(str(exc)) for _ in range(n)]
+
+    # -- the two calls ------------------------------------------------------------------------
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """Greedy generation for each request; failures come back as ``AuditorError`` values."""
+        with self._lock:
+            runtime = self._runtime_or_errors(len(requests))
+            if isinstance(runtime, list):
+                return list(runtime)
+            return self._run(runtime, requests, self._generate)
+
+    def next_token_logprobs(
+        self, requests: Sequence[ChatRequest], top_k: int = 20
+    ) -> list[ScoreResult]:
+        """Log-probabilities of the ``top_k`` likeliest next tokens after each assistant prefix."""
+        if top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        with self._lock:
+            runtime = self._runtime_or_errors(len(requests))
+            if isinstance(runtime, list):
+                return list(runtime)
+
+            def score(rt: _Runtime, batch: list[_Prepared]) -> list[TokenDistribution]:
+                return self._score(rt, batch, top_k)
+
+            return self._run(runtime, requests, score)
+
+    def _run(self, runtime: _Runtime, requests: Sequence[ChatRequest], step: Any) -> list[Any]:
+        """Prepare every request, run ``step`` per batch; a failing batch is retried one by one."""
+        results: list[Any] = [None] * len(requests)
+        ready: list[tuple[int, _Prepared]] = []
+        for i, request in enumerate(requests):
+            try:
+                ready.append((i, self._prepare(runtime, request)))
+            except Exception as exc:
+                results[i] = _as_auditor_error(exc)
+        for start in range(0, len(ready), self.batch_size):
+            chunk = ready[start : start + self.batch_size]
+            try:
+                outputs = step(runtime, [p for _, p in chunk])
+            except Exception:
+                outputs = []
+                for _, prepared in chunk:
+                    try:
+                        outputs.append(step(runtime, [prepared])[0])
+                    except Exception as exc:
+                        outputs.append(_as_auditor_error(exc))
+            for (i, _), output in zip(chunk, outputs, strict=True):
+                results[i] = output
+        return results
+
+    # -- preparing one request ----------------------------------------------------------------
+
+    def _prepare(self, rt: _Runtime, request: ChatRequest) -> _Prepared:
+        if request.max_new_tokens < 1:
+            raise AuditorError("max_new_tokens must be at least 1")
+        messages: list[dict[str, Any]] = []
+        refs = []
+        for message in request.messages:
+            content: list[dict[str, Any]] = []
+            for part in message.content:
+                if isinstance(part, TextPart):
+                    content.append({"type": "text", "text": _defuse(rt, part.text)})
+                elif isinstance(part, ImagePart):
+                    content.append({"type": "image"})
+                    refs.append(part.image)
+            messages.append({"role": message.role, "content": content})
+        images = prepare_images(
+            [ref.to_pil() for ref in refs], min_pixels=self.min_pixels, max_pixels=self.max_pixels
+        )
+        prefix = request.assistant_prefix or ""
+
+        def render() -> str:
+            text: str = rt.tokenizer.apply_chat_template(
+                messages, chat_template=rt.chat_template, tokenize=False, add_generation_prompt=True
+            )
+            return text + prefix
+
+        text = render()
+        encoded = rt.processor(text=[text], images=images or None, return_tensors="pt")
+        total = int(encoded["input_ids"].shape[1])
+        # Image placeholders expand to many tokens; this offset stays fixed while the text shrinks.
+        image_overhead = total - self._count(rt, text)
+        truncated = False
+        for _ in range(8):
+            if total <= self.max_input_tokens:
+                break
+            if not _cut_user_text(rt, messages, total - self.max_input_tokens):
+                raise AuditorError(
+                    f"prompt needs {total} tokens, over max_input_tokens={self.max_input_tokens}, "
+                    "even with the user text cut"
+                )
+            truncated = True
+            text = render()
+            total = self._count(rt, text) + image_overhead
+        if total > self.max_input_tokens:
+            raise AuditorError(f"could not cut the prompt to {self.max_input_tokens} tokens")
+        return _Prepared(text, images, total, truncated, request.max_new_tokens)
+
+    @staticmethod
+    def _count(rt: _Runtime, text: str) -> int:
+        return len(rt.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # -- running a batch ----------------------------------------------------------------------
+
+    def _encode(self, rt: _Runtime, batch: list[_Prepared]) -> Any:
+        images = [image for p in batch for image in p.images]
+        inputs = rt.processor(
+            text=[p.text for p in batch],
+            images=images or None,
+            padding=True,
+            return_tensors="pt",
+        )
+        return inputs.to(rt.device)
+
+    def _generate(self, rt: _Runtime, batch: list[_Prepared]) -> list[Completion]:
+        torch = rt.torch
+        started = time.perf_counter()
+        inputs = self._encode(rt, batch)
+        prompt_len = int(inputs["input_ids"].shape[1])
+        with torch.inference_mode():
+            output = rt.model.generate(
+                **inputs,
+                max_new_tokens=max(p.max_new_tokens for p in batch),
+                do_sample=False,
+                num_beams=1,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=rt.pad_id,
+                eos_token_id=sorted(rt.eos_ids) or None,
+            )
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        results = []
+        for row, prepared in zip(output[:, prompt_len:].tolist(), batch, strict=True):
+            new_tokens = _until_eos(row[: prepared.max_new_tokens], rt.eos_ids)
+            text = rt.tokenizer.decode(new_tokens, skip_special_tokens=True)
+            results.append(
+                Completion(
+                    text=text,
+                    latency_ms=latency_ms,
+                    model=self.name,
+                    prompt_tokens=prepared.prompt_tokens,
+                    completion_tokens=len(new_tokens),
+                    truncated=prepared.truncated,
+                )
+            )
+        return results
+
+    def _score(self, rt: _Runtime, batch: list[_Prepared], top_k: int) -> list[TokenDistribution]:
+        torch = rt.torch
+        started = time.perf_counter()
+        inputs = self._encode(rt, batch)
+        with torch.inference_mode():
+            # Left padding puts every prompt's last token in the last column: one logit row each.
+            logits = rt.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            k = min(top_k, int(logprobs.shape[-1]))
+            values, indices = torch.topk(logprobs, k, dim=-1)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        results = []
+        for row_values, row_ids in zip(values.tolist(), indices.tolist(), strict=True):
+            merged: dict[str, float] = {}
+            for logprob, token_id in zip(row_values, row_ids, strict=True):
+                key = rt.tokenizer.decode([token_id], skip_special_tokens=False)
+                # Distinct ids can decode to one string (partial UTF-8 bytes): add their mass.
+                merged[key] = _logaddexp(merged[key], logprob) if key in merged else logprob
+            results.append(
+                TokenDistribution(logprobs=merged, latency_ms=latency_ms, model=self.name)
+            )
+        return results
+
+
+def _as_ids(value: Any) -> set[int]:
+    if value is None:
+        return set()
+    if isinstance(value, int):
+        return {value}
+    return {int(v) for v in value}
+
+
+def _until_eos(tokens: list[int], eos_ids: frozenset[int]) -> list[int]:
+    for i, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: i + 1]
+    return tokens
+
+
+def _logaddexp(a: float, b: float) -> float:
+    high, low = max(a, b), min(a, b)
+    return high + math.log1p(math.exp(low - high))
+
+
+def _as_auditor_error(exc: Exception) -> AuditorError:
+    if isinstance(exc, AuditorError):
+        return exc
+    error = AuditorError(f"{type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _control_token_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    """A regex matching every added/special token string the tokenizer would turn into an id."""
+    tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    tokens |= set(tokenizer.get_added_vocab())
+    tokens = {t for t in tokens if len(t) > 1}
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
+def _defuse(rt: _Runtime, text: str) -> str:
+    """Break every control-token lookalike in ``text`` so it tokenises as plain text."""
+    if rt.control_tokens is None:
+        return text
+    return rt.control_tokens.sub(lambda m: m.group(0)[0] + _DEFUSE + m.group(0)[1:], text)
+
+
+def _cut_user_text(rt: _Runtime, messages: list[dict[str, Any]], excess: int) -> bool:
+    """Remove at least ``excess`` tokens from the middle of the longest user text part.
+
+    Returns False when no user text is left to cut.
+    """
+    parts = [
+        item
+        for message in messages
+        if message["role"] == "user"
+        for item in message["content"]
+        if item["type"] == "text" and item["text"] != _TRUNCATION_MARK
+    ]
+    if not parts:
+        return False
+    ids_of = {
+        id(item): rt.tokenizer(item["text"], add_special_tokens=False)["input_ids"]
+        for item in parts
+    }
+    longest = max(parts, key=lambda item: len(ids_of[id(item)]))
+    ids = ids_of[id(longest)]
+    mark = len(rt.tokenizer(_TRUNCATION_MARK, add_special_tokens=False)["input_ids"])
+    # A couple of spare tokens absorb merges that re-tokenising the joined text may undo.
+    keep = len(ids) - excess - mark - 2
+    if keep <= 0:
+        longest["text"] = _TRUNCATION_MARK
+        return True
+    head, tail = ids[: (keep + 1) // 2], ids[len(ids) - keep // 2 :]
+    longest["text"] = (
+        rt.tokenizer.decode(head) + _TRUNCATION_MARK + (rt.tokenizer.decode(tail) if tail else "")
+    )
+    return True
