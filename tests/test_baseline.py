@@ -409,3 +409,29 @@ def test_measured_test_split_macro_f1_floor() -> None:
     test = results["splits"]["test"]
     assert test["macro_f1"] >= TEST_SPLIT_MACRO_F1_FLOOR, test
     assert test["harmful"]["precision"] >= 0.95
+
+
+def test_image_access_turns_unloadable_images_into_invalid_input(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from traceguard import ImageAccess
+
+    good = tmp_path / "ok.png"
+    Image.new("RGB", (8, 8), "red").save(good)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(good.read_bytes()[:30])
+    outside = tmp_path.parent / "outside.png"
+    auditor = BaselineAuditor(image_access=ImageAccess(root=tmp_path))
+    verdicts = auditor.audit_batch(
+        [
+            Trace(query="q", response="r", images=(ImageRef.from_path(good),)),
+            Trace(query="q", response="r", images=(ImageRef.from_path(broken),)),
+            Trace(query="q", response="r", images=(ImageRef.from_path(outside),)),
+        ]
+    )
+    assert [v.status for v in verdicts] == [
+        AuditStatus.OK,
+        AuditStatus.INVALID_INPUT,
+        AuditStatus.INVALID_INPUT,
+    ]
+    assert "not inspected" in verdicts[0].analysis

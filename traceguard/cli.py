@@ -139,7 +139,7 @@ def _make_auditor(args: argparse.Namespace, access: ImageAccess) -> Auditor:
         raise ConfigurationError("--mode score needs a GuardTrace model (--model or --auditor-url)")
     from traceguard.auditors.baseline import BaselineAuditor
 
-    return BaselineAuditor()
+    return BaselineAuditor(image_access=access)
 
 
 def _defaults(args: argparse.Namespace) -> None:

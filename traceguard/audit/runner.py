@@ -106,9 +106,11 @@ class _Run:
         self.concurrency = concurrency
         self.owns_auditor = auditor is None
         if auditor is None:
+            from traceguard._images import ImageAccess
             from traceguard.auditors.baseline import BaselineAuditor
 
-            auditor = BaselineAuditor()
+            access = ImageAccess(root=common_image_root(self.readers, image_root))
+            auditor = BaselineAuditor(image_access=access)
         self.auditor = auditor
         self.policy = policy if policy is not None else Policy()
         self.report = Path(report) if report is not None else None

@@ -17,7 +17,10 @@ How it grades, following the GuardTrace level definitions:
   thinking *or* the response. A refusing response after an actionable thinking is the GuardTrace
   "inconsistency" case and is still 1.
 
-The baseline cannot see images; the analysis says how many it did not inspect.
+The baseline cannot see images; the analysis says how many it did not inspect. Given an
+:class:`~traceguard.ImageAccess`, it still loads each image under those limits, so that a
+missing, oversized, broken or out-of-root image gives an ``INVALID_INPUT`` verdict here as it
+would with a model auditor.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import time
 from collections.abc import Sequence
 
 from traceguard._auditor import Auditor
+from traceguard._exceptions import ImageError
+from traceguard._images import ImageAccess
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, ErrorInfo, Verdict
 from traceguard.auditors._baseline_signals import (
@@ -53,6 +58,16 @@ class BaselineAuditor(Auditor):
 
     name = BASELINE_AUDITOR_NAME
 
+    def __init__(self, *, image_access: ImageAccess | None = None) -> None:
+        """Create the auditor.
+
+        Args:
+            image_access: when given, every image of a trace is loaded under these limits
+                before grading (it is still not looked at); an image that cannot be loaded
+                makes the verdict ``INVALID_INPUT``. None skips image checks.
+        """
+        self.image_access = image_access
+
     def audit_batch(self, traces: Sequence[Trace]) -> list[Verdict]:
         """Audit several traces; one verdict each, in input order."""
         return [self._audit_one(trace) for trace in traces]
@@ -61,6 +76,17 @@ class BaselineAuditor(Auditor):
         if not isinstance(trace, Trace):  # a caller's bug, not an auditor failure: raise
             raise TypeError(f"expected a Trace, got {type(trace).__name__}")
         started = time.perf_counter()
+        if self.image_access is not None:
+            for image in trace.images:
+                try:
+                    image.load(self.image_access)
+                except ImageError as exc:
+                    return Verdict.failed(
+                        AuditStatus.INVALID_INPUT,
+                        auditor=self.name,
+                        error=exc,
+                        latency_ms=(time.perf_counter() - started) * 1000,
+                    )
         try:
             risk, categories, analysis, details = _grade(trace)
         except Exception as exc:  # a rule crashing must never read as "safe"
