@@ -7,10 +7,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("tokenizers")
-
 from traceguard.backends.transformers import TransformersBackend
 from traceguard.testing.tiny_qwen import build_tiny_qwen25vl
 

@@ -10,6 +10,7 @@ from traceguard.backends._base import (
     TextPart,
     TokenDistribution,
 )
+from traceguard.backends.http import OpenAICompatibleBackend
 from traceguard.backends.transformers import TransformersBackend
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Completion",
     "ContentPart",
     "ImagePart",
+    "OpenAICompatibleBackend",
     "TextPart",
     "TokenDistribution",
     "TransformersBackend",

@@ -42,6 +42,8 @@ class Endpoints:
             if httpx.URL(url).scheme not in ("http", "https"):
                 raise ConfigurationError(f"not an http(s) base URL: {display_url(url)!r}")
         self.urls: tuple[str, ...] = tuple(cleaned)
+        # Parsed once: formatting a URL costs more than the rest of a successful attempt.
+        self.shown: dict[str, str] = {u: display_url(u) for u in cleaned}
         self._cooldown_s = cooldown_s
         self._clock = clock
         self._down_until: dict[str, float] = {}

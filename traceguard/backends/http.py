@@ -1,0 +1,388 @@
+"""``OpenAICompatibleBackend``: a VLM judge served over HTTP (vLLM, SGLang, TGI, hosted APIs).
+
+It POSTs to ``{base_url}/chat/completions`` with httpx, retries with tenacity, fails over between
+base URLs, and returns every failure as a value (:class:`~traceguard.AuditorTimeout`,
+:class:`~traceguard.AuditorUnavailable`, :class:`~traceguard.AuditorResponseError`)::
+
+    backend = OpenAICompatibleBackend(
+        ["http://gpu-a:8000/v1", "http://gpu-b:8000/v1"], model="DloadingX/GuardTrace-VL-3B"
+    )
+
+Only the I/O differs between the sync and async paths; request bodies, response parsing, the
+retry decision and the failover choice are shared (``_openai_wire``, ``_retry``, ``_endpoints``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import httpx
+import tenacity
+
+from traceguard._exceptions import (
+    AuditorError,
+    AuditorUnavailable,
+    ConfigurationError,
+    TraceguardError,
+)
+from traceguard.backends._base import (
+    ChatBackend,
+    ChatRequest,
+    ChatResult,
+    Completion,
+    ScoreResult,
+    TokenDistribution,
+)
+from traceguard.backends._endpoints import Endpoints
+from traceguard.backends._openai_wire import (
+    chat_body,
+    logprobs_body,
+    read_completion,
+    read_distribution,
+)
+from traceguard.backends._pools import AsyncClientPool, ClientPool, shared_ssl_context
+from traceguard.backends._retry import (
+    Outcome,
+    RetryPolicy,
+    classify_exception,
+    classify_response,
+    retrying_kwargs,
+)
+
+__all__ = ["OpenAICompatibleBackend"]
+
+_log = logging.getLogger("traceguard.backends.http")
+
+_T = TypeVar("_T", Completion, TokenDistribution)
+_Reader = Callable[..., _T]
+
+DEFAULT_API_KEY_ENV = "TRACEGUARD_AUDITOR_API_KEY"
+OPENAI_TOP_LOGPROBS_LIMIT = 20
+
+
+class OpenAICompatibleBackend(ChatBackend):
+    """A chat backend speaking the OpenAI ``/chat/completions`` API over HTTP.
+
+    Args:
+        base_url: the API root (``http://host:8000/v1``), or several in priority order. A
+            connection failure or a 5xx moves the request to the next URL, and the failed URL
+            is avoided for ``cooldown_s``.
+        model: the served model name (vLLM's ``--served-model-name``).
+        api_key: sent as ``Authorization: Bearer ...``. Defaults to the environment variable
+            named by ``api_key_env``; none at all is fine for a local server. There is
+            deliberately no fallback to ``OPENAI_API_KEY``: that key belongs to another
+            provider and must not be sent to a self-hosted auditor. The key never appears in
+            reprs, logs or error messages.
+        timeout: seconds to wait for the server's answer (per read, as httpx counts it).
+        connect_timeout: seconds to wait for a connection.
+        max_retries: retries after the first attempt. A request may use one more attempt per
+            additional base URL, so failover is never starved of attempts.
+        max_concurrency: requests in flight at once, per process for the sync path and per
+            event loop for the async path; also the size of the connection pools.
+        extra_body: merged into every request body (e.g. ``{"seed": 0}``, or vLLM's
+            ``{"top_k": 1}``); it may override the defaults but not ``messages``.
+        headers: extra HTTP headers.
+        name: a label for logs and verdicts (default ``"http"``).
+        backoff_s, max_backoff_s: exponential backoff with jitter between retries.
+        max_retry_after_s: the longest ``Retry-After`` honoured; longer ones fail at once.
+        cooldown_s: how long a failed base URL is avoided.
+        retry_read_timeouts: also retry requests that timed out waiting for the answer.
+        max_top_logprobs: the most ``top_logprobs`` asked for; 20 is OpenAI's limit, vLLM
+            accepts more (its ``--max-logprobs``, 20 by default too).
+
+    Score mode (:meth:`next_token_logprobs`) pre-fills the assistant turn with vLLM's
+    ``continue_final_message`` extension, so it needs vLLM or SGLang; generation works with any
+    OpenAI-compatible server.
+    """
+
+    def __init__(
+        self,
+        base_url: str | Sequence[str],
+        model: str,
+        *,
+        api_key: str | None = None,
+        api_key_env: str = DEFAULT_API_KEY_ENV,
+        timeout: float = 120.0,
+        connect_timeout: float = 5.0,
+        max_retries: int = 3,
+        max_concurrency: int = 16,
+        extra_body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        name: str | None = None,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        max_retry_after_s: float = 60.0,
+        cooldown_s: float = 10.0,
+        retry_read_timeouts: bool = False,
+        max_top_logprobs: int = OPENAI_TOP_LOGPROBS_LIMIT,
+    ) -> None:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self._endpoints = Endpoints(urls, cooldown_s=cooldown_s)
+        if not model:
+            raise ConfigurationError("OpenAICompatibleBackend needs a model name")
+        if max_concurrency < 1 or max_retries < 0 or max_top_logprobs < 1:
+            raise ConfigurationError(
+                "max_concurrency and max_top_logprobs must be >= 1, max_retries >= 0"
+            )
+        if timeout <= 0 or connect_timeout <= 0:
+            raise ConfigurationError("timeouts must be positive")
+        extra = dict(extra_body or {})
+        if "messages" in extra:
+            raise ConfigurationError("extra_body must not set 'messages'")
+        self.model = model
+        self.name = name or "http"
+        self.max_concurrency = max_concurrency
+        self.max_top_logprobs = max_top_logprobs
+        self._extra_body = extra
+        self._api_key = api_key if api_key is not None else os.environ.get(api_key_env) or None
+        self._headers = dict(headers or {})
+        if self._api_key:
+            self._headers.setdefault("Authorization", f"Bearer {self._api_key}")
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._policy = RetryPolicy(
+            max_attempts=1 + max_retries + len(self._endpoints.urls) - 1,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+            max_retry_after_s=max_retry_after_s,
+            retry_read_timeouts=retry_read_timeouts,
+        )
+        self._retrying = retrying_kwargs(self._policy, can_fail_over=self._endpoints.any_up)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pool: ClientPool | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        # httpx async clients and asyncio queues belong to one event loop; a backend used from
+        # several loops (one per test, one per asyncio.run) gets a pool per loop.
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClientPool] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        urls = ", ".join(self._endpoints.shown.values())
+        key = "set" if self._api_key else "none"
+        return (
+            f"OpenAICompatibleBackend(base_url=[{urls}], model={self.model!r}, "
+            f"api_key={key}, max_concurrency={self.max_concurrency})"
+        )
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """Generate greedily for each request, concurrently; one result per request, in order."""
+        return self._run_batch([self._bodies(r, logprobs=None) for r in requests], read_completion)
+
+    def next_token_logprobs(
+        self, requests: Sequence[ChatRequest], top_k: int = 20
+    ) -> list[ScoreResult]:
+        """The first-token distribution after each request's assistant prefix.
+
+        At most ``max_top_logprobs`` tokens come back even when ``top_k`` is larger.
+        """
+        top = self._top(top_k)
+        return self._run_batch([self._bodies(r, logprobs=top) for r in requests], read_distribution)
+
+    async def acomplete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """Async :meth:`complete`, native: the requests share the event loop's client."""
+        return await self._arun_batch(
+            [self._bodies(r, logprobs=None) for r in requests], read_completion
+        )
+
+    async def anext_token_logprobs(
+        self, requests: Sequence[ChatRequest], top_k: int = 20
+    ) -> list[ScoreResult]:
+        """Async :meth:`next_token_logprobs`."""
+        top = self._top(top_k)
+        bodies = [self._bodies(r, logprobs=top) for r in requests]
+        return await self._arun_batch(bodies, read_distribution)
+
+    def close(self) -> None:
+        """Close the sync client and the worker threads; async clients are dropped."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            executor, self._executor = self._executor, None
+            self._loops = weakref.WeakKeyDictionary()
+        if executor is not None:
+            executor.shutdown(wait=True)
+        if pool is not None:
+            pool.close()
+
+    async def aclose(self) -> None:
+        """Close the current event loop's client as well as everything :meth:`close` does."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pool = self._loops.pop(loop, None)
+        if pool is not None:
+            await pool.aclose()
+        await asyncio.to_thread(self.close)
+
+    # -- shared, no I/O ------------------------------------------------------------------------
+
+    def _top(self, top_k: int) -> int:
+        if top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        return min(top_k, self.max_top_logprobs)
+
+    def _bodies(
+        self, request: ChatRequest, *, logprobs: int | None
+    ) -> dict[str, Any] | AuditorError:
+        try:
+            if logprobs is None:
+                return chat_body(request, model=self.model, extra_body=self._extra_body)
+            return logprobs_body(
+                request, model=self.model, extra_body=self._extra_body, top_logprobs=logprobs
+            )
+        except TraceguardError as exc:
+            # An image the auditor did not load: this request fails, the batch goes on.
+            return AuditorError(f"cannot build the request: {exc}")
+
+    def _post_kwargs(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return {"url": f"{url}/chat/completions", "json": body, "headers": self._headers}
+
+    def _classify(self, url: str, response: httpx.Response | httpx.HTTPError) -> Outcome:
+        where = self._endpoints.shown[url]
+        if isinstance(response, httpx.HTTPError):
+            outcome = classify_exception(response, where=where, policy=self._policy)
+        else:
+            outcome = classify_response(
+                response.status_code,
+                response.headers,
+                response.content,
+                where=where,
+                policy=self._policy,
+            )
+        failure = outcome.failure
+        if failure is not None and failure.endpoint_down:
+            self._endpoints.mark_down(url)
+        else:
+            self._endpoints.mark_up(url)
+        if failure is not None and failure.retryable:
+            _log.warning("%s: %s", self.name, self._scrub(failure.reason))
+        return outcome
+
+    def _finish(
+        self, outcome: Outcome, attempts: int, started: float, reader: _Reader[_T]
+    ) -> _T | AuditorError:
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if outcome.failure is not None:
+            error = outcome.failure.to_error(attempts)
+            return type(error)(self._scrub(str(error)))
+        try:
+            return reader(outcome.payload, model=self.model, latency_ms=latency_ms)
+        except AuditorError as exc:
+            return exc
+
+    def _scrub(self, text: str) -> str:
+        # Belt and braces: a server (or proxy) echoing our headers back must not leak the key.
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _closed_error(self) -> AuditorError:
+        return AuditorUnavailable(f"{self.name}: the backend is closed")
+
+    # -- sync I/O ------------------------------------------------------------------------------
+
+    def _client_options(self, connections: int) -> dict[str, Any]:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return {"timeout": self._timeout, "limits": limits, "verify": shared_ssl_context()}
+
+    def _sync_pool(self) -> ClientPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ClientPool(
+                    self.max_concurrency, lambda n: httpx.Client(**self._client_options(n))
+                )
+            return self._pool
+
+    def _sync_executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self.max_concurrency, thread_name_prefix=f"traceguard-{self.name}"
+                )
+            return self._executor
+
+    def _run_batch(
+        self, bodies: Sequence[dict[str, Any] | AuditorError], reader: _Reader[_T]
+    ) -> list[_T | AuditorError]:
+        if self._closed:
+            return [self._closed_error() for _ in bodies]
+        if len(bodies) <= 1:
+            return [self._one(body, reader) for body in bodies]
+        executor = self._sync_executor()
+        return list(executor.map(lambda body: self._one(body, reader), bodies))
+
+    def _one(self, body: dict[str, Any] | AuditorError, reader: _Reader[_T]) -> _T | AuditorError:
+        if isinstance(body, AuditorError):
+            return body
+        started = time.perf_counter()
+        pool = self._sync_pool()
+        attempts = 0
+
+        def attempt() -> Outcome:
+            nonlocal attempts
+            attempts += 1
+            url = self._endpoints.pick()
+            with pool.slot() as client:
+                try:
+                    response: httpx.Response | httpx.HTTPError = client.post(
+                        **self._post_kwargs(url, body)
+                    )
+                except httpx.HTTPError as exc:
+                    response = exc
+            return self._classify(url, response)
+
+        outcome: Outcome = tenacity.Retrying(**self._retrying)(attempt)
+        return self._finish(outcome, attempts, started, reader)
+
+    # -- async I/O -----------------------------------------------------------------------------
+
+    def _loop_pool(self) -> AsyncClientPool:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pool = self._loops.get(loop)
+            if pool is None:
+                pool = AsyncClientPool(
+                    self.max_concurrency, lambda n: httpx.AsyncClient(**self._client_options(n))
+                )
+                self._loops[loop] = pool
+            return pool
+
+    async def _arun_batch(
+        self, bodies: Sequence[dict[str, Any] | AuditorError], reader: _Reader[_T]
+    ) -> list[_T | AuditorError]:
+        if self._closed:
+            return [self._closed_error() for _ in bodies]
+        return list(await asyncio.gather(*(self._aone(body, reader) for body in bodies)))
+
+    async def _aone(
+        self, body: dict[str, Any] | AuditorError, reader: _Reader[_T]
+    ) -> _T | AuditorError:
+        if isinstance(body, AuditorError):
+            return body
+        started = time.perf_counter()
+        pool = self._loop_pool()
+        attempts = 0
+
+        async def attempt() -> Outcome:
+            nonlocal attempts
+            attempts += 1
+            url = self._endpoints.pick()
+            async with pool.slot() as client:
+                try:
+                    response: httpx.Response | httpx.HTTPError = await client.post(
+                        **self._post_kwargs(url, body)
+                    )
+                except httpx.HTTPError as exc:
+                    response = exc
+            return self._classify(url, response)
+
+        outcome: Outcome = await tenacity.AsyncRetrying(**self._retrying)(attempt)
+        return self._finish(outcome, attempts, started, reader)
