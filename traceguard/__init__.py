@@ -20,8 +20,10 @@ from traceguard._exceptions import (
     TraceguardError,
 )
 from traceguard._guard import Guard
+from traceguard._guardtrace import ParsedJudgment, parse_guardtrace_output
 from traceguard._images import ImageAccess, ImageRef
 from traceguard._policy import CategoryRule, Policy, Redaction, Thresholds, strictest
+from traceguard._prompts import PromptSet
 from traceguard._reasoning import (
     ReasoningStream,
     extract_chat_message,
@@ -35,6 +37,9 @@ from traceguard._trace import ToolCall, Trace, Turn
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 from traceguard._version import __version__
 from traceguard.audit import AuditSummary, arun_audit, run_audit
+from traceguard.auditors.baseline import BaselineAuditor
+from traceguard.auditors.guardtrace import GuardTraceAuditor
+from traceguard.backends import OpenAICompatibleBackend, TransformersBackend
 
 __all__ = [
     "Action",
@@ -47,6 +52,7 @@ __all__ = [
     "AuditorTimeout",
     "AuditorUnavailable",
     "BackgroundSink",
+    "BaselineAuditor",
     "Blocked",
     "CategoryRule",
     "ConfigurationError",
@@ -55,6 +61,7 @@ __all__ = [
     "Escalated",
     "Escalation",
     "Guard",
+    "GuardTraceAuditor",
     "ImageAccess",
     "ImageAccessDenied",
     "ImageError",
@@ -62,8 +69,11 @@ __all__ = [
     "InputError",
     "JsonlSink",
     "Label",
+    "OpenAICompatibleBackend",
     "ParseError",
+    "ParsedJudgment",
     "Policy",
+    "PromptSet",
     "ReasoningStream",
     "Redaction",
     "ReviewQueue",
@@ -73,6 +83,7 @@ __all__ = [
     "ToolCall",
     "Trace",
     "TraceguardError",
+    "TransformersBackend",
     "Turn",
     "Verdict",
     "WebhookSink",
@@ -80,6 +91,7 @@ __all__ = [
     "extract_chat_message",
     "extract_langchain_message",
     "extract_responses_output",
+    "parse_guardtrace_output",
     "run_audit",
     "split_think_tags",
     "strictest",
