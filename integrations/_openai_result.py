@@ -1,0 +1,185 @@
+"""What the model answered: traces out of SDK results, and decisions applied back onto them.
+
+Pure functions over the ``openai`` SDK's pydantic objects (``ChatCompletion``, ``Response``).
+Edits go through ``model_copy`` so a redacted result has the caller's expected type, and the
+original object is never mutated (an allowed result is returned as the very same object).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from traceguard._decision import Decision
+from traceguard._reasoning import extract_chat_message, extract_responses_output
+from traceguard._trace import ToolCall, Trace
+
+from ._openai_request import RequestContext
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletion, ChatCompletionMessage
+    from openai.types.responses import Response, ResponseOutputItem
+
+__all__ = [
+    "REASONING_FIELDS",
+    "Edit",
+    "chat_traces",
+    "edit_chat",
+    "edit_for",
+    "edit_message",
+    "edit_output",
+    "edit_response",
+    "refusal_item",
+    "response_trace",
+    "responses_tool_calls",
+]
+
+REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
+"""Provider extras on chat messages and deltas that carry the thinking."""
+
+
+def _chat_tool_calls(message: ChatCompletionMessage) -> tuple[ToolCall, ...]:
+    calls: list[ToolCall] = []
+    for call in message.tool_calls or ():
+        function = getattr(call, "function", None)
+        if function is not None:
+            calls.append(ToolCall(name=function.name, arguments=function.arguments, id=call.id))
+        else:  # custom tools carry free-form input instead of JSON arguments
+            custom = getattr(call, "custom", None)
+            name = getattr(custom, "name", "custom")
+            calls.append(ToolCall(name=name, arguments=getattr(custom, "input", ""), id=call.id))
+    if message.function_call is not None:  # the deprecated single-function form
+        fc = message.function_call
+        calls.append(ToolCall(name=fc.name, arguments=fc.arguments))
+    return tuple(calls)
+
+
+def chat_traces(context: RequestContext, completion: ChatCompletion) -> list[Trace]:
+    """One trace per choice: every choice is output the caller could read."""
+    traces = []
+    for choice in completion.choices:
+        thinking, response = extract_chat_message(choice.message)
+        traces.append(
+            context.trace(
+                response=response,
+                thinking=thinking,
+                tool_calls=_chat_tool_calls(choice.message),
+                choice=choice.index,
+            )
+        )
+    return traces
+
+
+@dataclass(frozen=True)
+class Edit:
+    """How an output must change before the caller sees it."""
+
+    replacement: str | None = None
+    """The text that replaces the response (a refusal); None keeps the response."""
+    drop_thinking: bool = False
+
+    @property
+    def noop(self) -> bool:
+        """True when the output passes unchanged."""
+        return self.replacement is None and not self.drop_thinking
+
+
+def edit_for(trace: Trace, decision: Decision, refusal: str) -> Edit:
+    """The edit that turns ``trace``'s output into what ``decision`` lets through.
+
+    A blocked decision reaching here means the caller asked for refusals instead of exceptions.
+    """
+    if decision.blocked:
+        return Edit(replacement=refusal, drop_thinking=True)
+    if decision.response is None:
+        # Only a blocked decision should lack a response; never let the original through.
+        replacement: str | None = refusal
+    else:
+        replacement = decision.response if decision.response != trace.response else None
+    drop = trace.thinking is not None and decision.thinking != trace.thinking
+    return Edit(replacement=replacement, drop_thinking=drop or replacement is not None)
+
+
+def edit_message(message: ChatCompletionMessage, trace: Trace, edit: Edit) -> ChatCompletionMessage:
+    """``message`` with ``edit`` applied; the same object when the edit is a no-op."""
+    if edit.noop:
+        return message
+    update: dict[str, Any] = {}
+    if edit.replacement is not None:
+        # A refusal stands alone: tool calls planned by a withheld answer must not run.
+        update.update(content=edit.replacement, tool_calls=None, function_call=None)
+    elif message.content is not None and message.content != trace.response:
+        # The content held more than the response: inline <think> tags. Keep only the answer.
+        update["content"] = trace.response
+    copy = message.model_copy(update=update)
+    # model_copy gives the copy its own extras dict, so the original keeps its fields.
+    if copy.__pydantic_extra__ is not None:
+        for name in REASONING_FIELDS:
+            copy.__pydantic_extra__.pop(name, None)
+    return copy
+
+
+def edit_chat(
+    completion: ChatCompletion, traces: Sequence[Trace], edits: Sequence[Edit]
+) -> ChatCompletion:
+    """The completion with each choice edited; the same object when nothing changes."""
+    if all(edit.noop for edit in edits):
+        return completion
+    choices = [
+        choice.model_copy(update={"message": edit_message(choice.message, trace, edit)})
+        for choice, trace, edit in zip(completion.choices, traces, edits, strict=True)
+    ]
+    return completion.model_copy(update={"choices": choices})
+
+
+def responses_tool_calls(items: Sequence[Any]) -> tuple[ToolCall, ...]:
+    """Function calls among Responses output items."""
+    calls = []
+    for item in items:
+        if getattr(item, "type", None) == "function_call":
+            calls.append(ToolCall(name=item.name, arguments=item.arguments, id=item.call_id))
+        elif getattr(item, "type", None) == "custom_tool_call":
+            calls.append(ToolCall(name=item.name, arguments=item.input, id=item.call_id))
+    return tuple(calls)
+
+
+def response_trace(context: RequestContext, response: Response) -> Trace:
+    """The trace of one Responses API result."""
+    thinking, text = extract_responses_output(response.output)
+    return context.trace(
+        response=text, thinking=thinking, tool_calls=responses_tool_calls(response.output)
+    )
+
+
+def refusal_item(text: str) -> ResponseOutputItem:
+    """A Responses output message holding ``text``."""
+    from openai.types.responses import ResponseOutputMessage, ResponseOutputText
+
+    return ResponseOutputMessage(
+        id="msg_traceguard",
+        type="message",
+        role="assistant",
+        status="completed",
+        content=[ResponseOutputText(type="output_text", text=text, annotations=[])],
+    )
+
+
+# Output items that make up the answer; a refusal replaces all of them, tool calls included.
+# Hosted tool calls (web search, ...) already ran upstream and stay as a record.
+_ANSWER_ITEMS = frozenset({"message", "function_call", "custom_tool_call", "reasoning"})
+
+
+def edit_output(items: Sequence[Any], edit: Edit) -> list[Any]:
+    """Responses output items with ``edit`` applied."""
+    if edit.replacement is not None:
+        kept = [item for item in items if getattr(item, "type", None) not in _ANSWER_ITEMS]
+        return [*kept, refusal_item(edit.replacement)]
+    return [item for item in items if getattr(item, "type", None) != "reasoning"]
+
+
+def edit_response(response: Response, edit: Edit) -> Response:
+    """``response`` with ``edit`` applied; the same object when the edit is a no-op."""
+    if edit.noop:
+        return response
+    return response.model_copy(update={"output": edit_output(response.output, edit)})

@@ -1,0 +1,149 @@
+"""What a guarded stream knows, without doing any I/O: chunks in, traces and chunks out.
+
+The sync and async stream classes (``_openai_stream.py``) only move chunks and await audits;
+every rule about what to hold back, what to audit when, and what to emit lives here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, Literal, Protocol, TypeVar
+
+from traceguard._decision import Action, Decision
+from traceguard._exceptions import Blocked, Escalated
+from traceguard._trace import Trace
+
+from ._openai_result import Edit, edit_for
+
+__all__ = [
+    "StreamAdapter",
+    "StreamOptions",
+    "StreamState",
+    "blocked_error",
+]
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """The wrapper options a stream needs."""
+
+    mode: Literal["buffer", "passthrough"] = "buffer"
+    early_stop: bool = True
+    on_block: Literal["raise", "refusal"] = "raise"
+    refusal: str = "I can't help with that request."
+
+
+def blocked_error(decision: Decision) -> Blocked:
+    """The exception for a decision that holds the output back."""
+    return Escalated(decision) if decision.action is Action.ESCALATE else Blocked(decision)
+
+
+class StreamAdapter(Protocol[C]):
+    """API-specific knowledge of a stream: how to read chunks and how to rewrite them."""
+
+    def feed(self, chunk: C) -> None:
+        """Take one upstream chunk into account."""
+
+    def thinking_finished(self) -> list[Trace]:
+        """Traces of thinking that just completed (each choice at most once)."""
+
+    def final_traces(self) -> list[Trace]:
+        """One trace per output, for everything fed."""
+
+    def edited(self, chunks: Sequence[C], edits: Mapping[int, Edit]) -> list[C]:
+        """``chunks`` with each output's edit applied (keyed by choice index)."""
+
+    def refusal(self, text: str) -> list[C]:
+        """Chunks that end the stream with ``text`` in place of the withheld output."""
+
+
+class StreamState(Generic[C]):
+    """The sans-I/O core of a guarded stream.
+
+    Protocol, driven by the I/O shell: for each upstream chunk call :meth:`on_chunk` and release
+    what it returns, then audit :meth:`early_traces` if any and pass the decisions to
+    :meth:`after_early` (a non-None result means: close upstream, release it, stop). At the end
+    audit :meth:`final_traces` and release :meth:`after_final`.
+    """
+
+    def __init__(self, adapter: StreamAdapter[C], options: StreamOptions) -> None:
+        self.adapter = adapter
+        self.options = options
+        self.decisions: list[Decision] = []
+        """Every decision taken on this stream, early ones first."""
+        self.stopped_early = False
+        self._buffer: list[C] = []
+        self._final: list[Trace] = []
+        self._early: list[Trace] = []
+        self._early_edits: dict[int, Edit] = {}
+
+    def on_chunk(self, chunk: C) -> list[C]:
+        """Feed one upstream chunk; returns the chunks to release now."""
+        self.adapter.feed(chunk)
+        if self.options.mode == "passthrough":
+            return [chunk]
+        self._buffer.append(chunk)
+        return []
+
+    def early_traces(self) -> list[Trace]:
+        """Completed thinking to audit right away (early stop), usually empty."""
+        self._early = self.adapter.thinking_finished() if self.options.early_stop else []
+        return self._early
+
+    def after_early(self, decisions: Sequence[Decision]) -> list[C] | None:
+        """None to go on; else the chunks that end the stream (the upstream must be closed)."""
+        self.decisions.extend(decisions)
+        blocked = next((d for d in decisions if d.blocked), None)
+        if blocked is None:
+            # A redaction of the thinking alone still holds when the whole output passes: the
+            # stricter of the two audits wins (applied in after_final).
+            for trace, decision in zip(self._early, decisions, strict=True):
+                self._early_edits[_choice(trace)] = edit_for(trace, decision, self.options.refusal)
+            return None
+        self.stopped_early = True
+        self._buffer.clear()
+        if self.options.on_block == "raise":
+            raise blocked_error(blocked)
+        return self.adapter.refusal(self.options.refusal)
+
+    def final_traces(self) -> list[Trace]:
+        """The traces of the whole output."""
+        self._final = self.adapter.final_traces()
+        return self._final
+
+    def after_final(self, decisions: Sequence[Decision]) -> list[C]:
+        """The chunks to release once the whole output is decided (or raise)."""
+        self.decisions.extend(decisions)
+        buffered, self._buffer = self._buffer, []
+        blocked = next((d for d in decisions if d.blocked), None)
+        if blocked is not None:
+            if self.options.on_block == "raise":
+                raise blocked_error(blocked)
+            return self.adapter.refusal(self.options.refusal)
+        if self.options.mode == "passthrough":
+            # Everything already reached the caller; a redaction cannot be taken back. The
+            # decisions stay on the stream (``stream.decisions``) and went to the sinks.
+            return []
+        edits = {
+            _choice(trace): _stricter(
+                edit_for(trace, decision, self.options.refusal),
+                self._early_edits.get(_choice(trace), Edit()),
+            )
+            for trace, decision in zip(self._final, decisions, strict=True)
+        }
+        if all(edit.noop for edit in edits.values()):
+            return buffered
+        return self.adapter.edited(buffered, edits)
+
+
+def _choice(trace: Trace) -> int:
+    return int(trace.metadata.get("choice", 0))
+
+
+def _stricter(a: Edit, b: Edit) -> Edit:
+    """Both edits at once: any replacement wins, and the thinking goes if either drops it."""
+    replacement = a.replacement if a.replacement is not None else b.replacement
+    return Edit(replacement=replacement, drop_thinking=a.drop_thinking or b.drop_thinking)
