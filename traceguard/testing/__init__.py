@@ -1,8 +1,18 @@
-"""Helpers for testing code that uses traceguard (scripted auditors, loopback servers)."""
+"""Helpers for testing code that uses traceguard (scripted auditors, loopback servers).
+
+``OpenAIServer``/``ScriptedResponse`` and ``build_tiny_qwen25vl`` load on first use, so that
+``python -m traceguard.testing.openai_server`` does not import its own module twice.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from traceguard.testing._scripted import ScriptedAuditor, Step
-from traceguard.testing.openai_server import OpenAIServer, ScriptedResponse
-from traceguard.testing.tiny_qwen import build_tiny_qwen25vl
+
+if TYPE_CHECKING:
+    from traceguard.testing.openai_server import OpenAIServer, ScriptedResponse
+    from traceguard.testing.tiny_qwen import build_tiny_qwen25vl
 
 __all__ = [
     "OpenAIServer",
@@ -11,3 +21,18 @@ __all__ = [
     "Step",
     "build_tiny_qwen25vl",
 ]
+
+_LAZY = {
+    "OpenAIServer": "traceguard.testing.openai_server",
+    "ScriptedResponse": "traceguard.testing.openai_server",
+    "build_tiny_qwen25vl": "traceguard.testing.tiny_qwen",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'traceguard.testing' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
