@@ -1,0 +1,378 @@
+"""Callback handlers that audit every LLM / chat-model run and stop the blocked ones.
+
+The sync and async handlers share :class:`_RunRecorder` (per-run state, trace building, acting
+on a decision); they differ only in calling ``guard.check`` or ``await guard.acheck``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from uuid import UUID
+
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, GenerationChunk, LLMResult
+
+from traceguard._decision import Decision
+from traceguard._exceptions import Blocked, Escalated
+from traceguard._guard import Guard
+from traceguard._reasoning import ReasoningStream, split_think_tags
+from traceguard._trace import ToolCall, Trace
+
+from ._langchain_messages import RequestContext, output_of, request_context
+
+__all__ = ["AsyncTraceguardCallbackHandler", "OnRedact", "TraceguardCallbackHandler"]
+
+logger = logging.getLogger("traceguard.integrations.langchain")
+
+OnRedact = Literal["block", "allow"]
+
+
+@dataclass
+class _Run:
+    """What is known about one run between its start and its end."""
+
+    context: RequestContext
+    stream: ReasoningStream = field(default_factory=ReasoningStream)
+    streamed: bool = False
+
+
+def _model_name(metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> str | None:
+    if metadata and isinstance(metadata.get("ls_model_name"), str):
+        return str(metadata["ls_model_name"])
+    params = kwargs.get("invocation_params")
+    if isinstance(params, Mapping):
+        for key in ("model", "model_name"):
+            if isinstance(params.get(key), str):
+                return str(params[key])
+    return None
+
+
+def _run_metadata(
+    run_id: UUID, parent_run_id: UUID | None, tags: Sequence[str] | None
+) -> dict[str, Any]:
+    return {
+        "integration": "langchain",
+        "run_id": str(run_id),
+        "parent_run_id": None if parent_run_id is None else str(parent_run_id),
+        "tags": list(tags or ()),
+    }
+
+
+class _RunRecorder:
+    """Per-run state keyed by ``run_id`` (thread-safe), and the no-I/O steps of both handlers."""
+
+    def __init__(self, guard: Guard, on_redact: OnRedact) -> None:
+        if on_redact not in ("block", "allow"):
+            raise ValueError("on_redact must be 'block' or 'allow'")
+        self.guard = guard
+        self.on_redact = on_redact
+        self._runs: dict[UUID, _Run] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def active_runs(self) -> int:
+        with self._lock:
+            return len(self._runs)
+
+    def start_chat(
+        self,
+        messages: list[list[BaseMessage]],
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        tags: Sequence[str] | None,
+        metadata: Mapping[str, Any] | None,
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        # LangChain starts one run per prompt, so ``messages`` holds a single list; join any
+        # others rather than drop them, so nothing the model saw escapes the audit.
+        flat = [message for prompt in messages for message in prompt]
+        context = request_context(
+            flat,
+            model=_model_name(metadata, kwargs),
+            metadata=_run_metadata(run_id, parent_run_id, tags),
+        )
+        with self._lock:
+            self._runs[run_id] = _Run(context)
+
+    def start_llm(
+        self,
+        prompts: list[str],
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        tags: Sequence[str] | None,
+        metadata: Mapping[str, Any] | None,
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        context = RequestContext(
+            query="\n\n".join(prompts),
+            model=_model_name(metadata, kwargs),
+            metadata=_run_metadata(run_id, parent_run_id, tags),
+        )
+        with self._lock:
+            self._runs[run_id] = _Run(context)
+
+    def token(self, token: Any, chunk: Any, run_id: UUID) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is None:
+            return
+        run.streamed = True
+        if isinstance(chunk, ChatGenerationChunk):
+            run.stream.feed_langchain_chunk(chunk.message)
+        elif isinstance(chunk, GenerationChunk):
+            run.stream.feed_text(chunk.text)
+        elif isinstance(token, str):
+            run.stream.feed_text(token)
+
+    def drop(self, run_id: UUID) -> None:
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+    def traces(self, response: LLMResult, run_id: UUID) -> list[Trace]:
+        """One trace per generation of the run; the streamed text when the result has none."""
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is None:
+            # The handler missed the start (attached mid-run): still audit, without the query.
+            logger.warning(
+                "run %s ended without a recorded start; auditing its output only", run_id
+            )
+            run = _Run(RequestContext(metadata=_run_metadata(run_id, None, None)))
+        outputs: list[tuple[str | None, str, tuple[ToolCall, ...]]] = []
+        for generation in (g for prompt in response.generations for g in prompt):
+            if isinstance(generation, ChatGeneration):
+                outputs.append(output_of(generation.message))
+            else:
+                thinking, text = split_think_tags(generation.text)
+                outputs.append((thinking, text, ()))
+        if not outputs:
+            outputs.append((run.stream.thinking, run.stream.response, ()))
+        several = len(outputs) > 1
+        return [
+            run.context.trace(
+                thinking=thinking,
+                response=text,
+                tool_calls=calls,
+                trace_id=f"{run_id}:{index}" if several else str(run_id),
+            )
+            for index, (thinking, text, calls) in enumerate(outputs)
+        ]
+
+    def act(self, trace: Trace, decision: Decision) -> None:
+        """Raise when the output must not go on; a callback has no other way to stop it."""
+        if decision.blocked:
+            # Raised even under ``Guard(raise_on_block=False)``: not raising would let it through.
+            raise Escalated(decision) if decision.escalated else Blocked(decision)
+        if not decision.redacted:
+            return
+        if decision.response == trace.response and trace.thinking is None:
+            return  # nothing to remove: the caller sees exactly what redaction would show
+        if self.on_redact == "block":
+            raise Blocked(decision)
+        logger.warning(
+            "trace %s: policy says redact, which a callback cannot apply; passed unchanged "
+            "(use guard_runnable to redact)",
+            trace.id,
+        )
+
+
+class _HandlerBase:
+    """Options shared by both handlers."""
+
+    raise_error: bool = True
+    """LangChain logs and swallows a handler's exception unless this is set."""
+    run_inline: bool = True
+    """Run in order, before handlers that are gathered concurrently."""
+
+    _recorder: _RunRecorder
+
+    @property
+    def guard(self) -> Guard:
+        """The guard auditing the runs."""
+        return self._recorder.guard
+
+    @property
+    def active_runs(self) -> int:
+        """Runs started and not yet ended or failed (0 when idle: state never leaks)."""
+        return self._recorder.active_runs
+
+
+class TraceguardCallbackHandler(_HandlerBase, BaseCallbackHandler):
+    """Audits the output of every LLM and chat-model run, and raises to stop a blocked one.
+
+    Attach it with ``config={"callbacks": [handler]}`` (or ``model.with_config(...)``, or an
+    agent's config): every model call of a chain or tool-calling loop is then audited once, at
+    its end, with the earlier messages as history. A block raises
+    :class:`~traceguard.Blocked` (:class:`~traceguard.Escalated` for an escalation held as a block)
+    out of ``invoke``, ``batch``, ``stream`` and their async twins; verdicts go to the guard's
+    sinks.
+
+    Callbacks can stop a run but never change its output. A *redact* decision therefore raises
+    ``Blocked`` too (``on_redact="block"``, the default) unless redaction would change nothing;
+    ``on_redact="allow"`` lets it through with a warning. Use
+    :func:`~traceguard.integrations.langchain.guard_runnable` to deliver redacted output.
+
+    In async code prefer :class:`AsyncTraceguardCallbackHandler`: this handler audits on the
+    calling thread, which there is the event loop.
+    """
+
+    def __init__(self, guard: Guard, *, on_redact: OnRedact = "block") -> None:
+        super().__init__()
+        self._recorder = _RunRecorder(guard, on_redact)
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record the query, images and history of a chat-model run."""
+        self._recorder.start_chat(messages, run_id, parent_run_id, tags, metadata, kwargs)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record the prompt of a (non-chat) LLM run."""
+        self._recorder.start_llm(prompts, run_id, parent_run_id, tags, metadata, kwargs)
+
+    def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Accumulate a streamed token or reasoning delta."""
+        self._recorder.token(token, chunk, run_id)
+
+    def on_llm_end(
+        self,
+        response: LLMResult,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Audit the run's output; raise :class:`~traceguard.Blocked` to stop it."""
+        try:
+            for trace in self._recorder.traces(response, run_id):
+                self._recorder.act(trace, self.guard.check(trace))
+        finally:
+            self._recorder.drop(run_id)
+
+    def on_llm_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Forget a failed run: there is no output to audit."""
+        self._recorder.drop(run_id)
+
+
+class AsyncTraceguardCallbackHandler(_HandlerBase, AsyncCallbackHandler):
+    """The async twin of :class:`TraceguardCallbackHandler`, auditing with ``guard.acheck``.
+
+    For ``ainvoke`` / ``abatch`` / ``astream`` / ``astream_events`` only. LangChain runs an async
+    handler attached to a *sync* call in a throwaway event loop and swallows its exceptions
+    whatever ``raise_error`` says, so it could not stop that run: use
+    :class:`TraceguardCallbackHandler` for sync calls.
+    """
+
+    def __init__(self, guard: Guard, *, on_redact: OnRedact = "block") -> None:
+        super().__init__()
+        self._recorder = _RunRecorder(guard, on_redact)
+
+    async def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record the query, images and history of a chat-model run."""
+        self._recorder.start_chat(messages, run_id, parent_run_id, tags, metadata, kwargs)
+
+    async def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record the prompt of a (non-chat) LLM run."""
+        self._recorder.start_llm(prompts, run_id, parent_run_id, tags, metadata, kwargs)
+
+    async def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Accumulate a streamed token or reasoning delta."""
+        self._recorder.token(token, chunk, run_id)
+
+    async def on_llm_end(
+        self,
+        response: LLMResult,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Audit the run's output; raise :class:`~traceguard.Blocked` to stop it."""
+        try:
+            for trace in self._recorder.traces(response, run_id):
+                self._recorder.act(trace, await self.guard.acheck(trace))
+        finally:
+            self._recorder.drop(run_id)
+
+    async def on_llm_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Forget a failed run: there is no output to audit."""
+        self._recorder.drop(run_id)

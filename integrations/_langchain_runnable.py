@@ -1,0 +1,259 @@
+"""A chat model that audits another one's output and returns it allowed, redacted or not at all."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import operator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.tools import BaseTool
+from pydantic import ConfigDict, field_validator
+
+from traceguard._decision import Decision
+from traceguard._exceptions import Blocked, Escalated
+from traceguard._guard import Guard
+from traceguard._trace import Trace
+
+from ._langchain_messages import as_chunk, output_of, redact_message, request_context
+
+__all__ = ["GuardedChatModel", "StreamMode", "guard_runnable"]
+
+logger = logging.getLogger("traceguard.integrations.langchain")
+
+StreamMode = Literal["buffer", "passthrough"]
+
+
+def _model_name(model: Any) -> str | None:
+    # RunnableBinding (from bind_tools) keeps the chat model in ``bound``.
+    for candidate in (model, getattr(model, "bound", None)):
+        for attr in ("model_name", "model"):
+            value = getattr(candidate, attr, None)
+            if isinstance(value, str):
+                return value
+    return None
+
+
+def _as_ai_message(message: Any) -> AIMessage:
+    if isinstance(message, AIMessage):
+        return message
+    if isinstance(message, BaseMessage):
+        return AIMessage(content=message.content, id=message.id)
+    raise TypeError(f"the guarded runnable returned {type(message).__name__}, not a message")
+
+
+class GuardedChatModel(BaseChatModel):
+    """Wraps a chat model (any ``Runnable`` that returns a message) and audits every answer.
+
+    The answer is returned unchanged on allow; on redact the copy the policy allows (thinking
+    removed from ``additional_kwargs``, content blocks and ``<think>`` tags, or the response
+    replaced by the refusal, with its tool calls dropped); on block
+    :class:`~traceguard.Blocked` (:class:`~traceguard.Escalated`) is raised. Being a
+    ``BaseChatModel`` it composes in chains (``prompt | guarded``), takes ``bind_tools`` (the
+    bound model stays guarded) and can be handed to ``langchain.agents.create_agent``.
+
+    Streams: ``stream_mode="buffer"`` (default) reads the inner stream to the end, audits, and
+    only then yields (the original chunks on allow, one redacted chunk on redact): nothing
+    unaudited is released. ``"passthrough"`` yields chunks as they arrive and audits at the end,
+    raising ``Blocked`` then; what was streamed is out, and a redaction cannot be applied to it
+    (it is logged). The inner model also streams when LangChain streams ``invoke`` internally
+    (``astream_events``, LangGraph ``stream_mode="messages"``), so the same rules hold there.
+    """
+
+    model: Runnable[LanguageModelInput, BaseMessage]
+    """The guarded model (a chat model, or a binding of one)."""
+    guard: Guard
+    stream_mode: StreamMode = "buffer"
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    @field_validator("stream_mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in ("buffer", "passthrough"):
+            raise ValueError("stream_mode must be 'buffer' or 'passthrough'")
+        return value
+
+    @property
+    def _llm_type(self) -> str:
+        return "traceguard-guarded"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"guarded_model": _model_name(self.model), "stream_mode": self.stream_mode}
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> GuardedChatModel:
+        """Bind tools to the inner model; the result is guarded the same way."""
+        bind = getattr(self.model, "bind_tools", None)
+        if bind is None:
+            raise NotImplementedError(f"{type(self.model).__name__} does not support bind_tools")
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        return self.model_copy(update={"model": bind(tools, **kwargs)})
+
+    # -- the shared, I/O-free steps ------------------------------------------------------------
+
+    def _trace(self, messages: list[BaseMessage], output: BaseMessage, run_id: Any) -> Trace:
+        context = request_context(
+            messages,
+            model=_model_name(self.model),
+            metadata={
+                "integration": "langchain",
+                "run_id": None if run_id is None else str(run_id),
+            },
+        )
+        thinking, response, calls = output_of(output)
+        return context.trace(
+            thinking=thinking,
+            response=response,
+            tool_calls=calls,
+            trace_id=None if run_id is None else str(run_id),
+        )
+
+    def _apply(self, message: AIMessage, decision: Decision) -> AIMessage:
+        if decision.blocked:
+            # Also under Guard(raise_on_block=False): returning the output would let it through.
+            raise Escalated(decision) if decision.escalated else Blocked(decision)
+        if not decision.redacted:
+            return message
+        refuse = self.guard.policy.redaction.strategy == "refuse"
+        return redact_message(message, decision.response or "", refuse=refuse)
+
+    def _passthrough_done(self, message: AIMessage, decision: Decision) -> None:
+        self._apply(message, decision)  # raises on block
+        if decision.redacted:
+            logger.warning(
+                "trace %s: policy says redact but the stream was passed through unaudited; "
+                "use stream_mode='buffer' to redact streams",
+                decision.trace_id,
+            )
+
+    @staticmethod
+    def _config() -> RunnableConfig:
+        # The inner model runs without the caller's callbacks, including those inherited from an
+        # enclosing chain: a streaming handler (astream_events, LangGraph "messages") would
+        # otherwise receive its tokens before the audit. Callers see this run's audited output.
+        return {"callbacks": []}
+
+    # -- sync ----------------------------------------------------------------------------------
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        config = self._config()
+        message = _as_ai_message(self.model.invoke(messages, config, stop=stop, **kwargs))
+        run_id = run_manager.run_id if run_manager else None
+        decision = self.guard.check(self._trace(messages, message, run_id))
+        return ChatResult(generations=[ChatGeneration(message=self._apply(message, decision))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        config = self._config()
+        run_id = run_manager.run_id if run_manager else None
+        chunks: list[AIMessageChunk] = []
+        for chunk in self.model.stream(messages, config, stop=stop, **kwargs):
+            if not isinstance(chunk, AIMessageChunk):
+                raise TypeError(f"the guarded runnable streamed {type(chunk).__name__}")
+            chunks.append(chunk)
+            if self.stream_mode == "passthrough":
+                yield ChatGenerationChunk(message=chunk)
+        message = _merged(chunks)
+        decision = self.guard.check(self._trace(messages, message, run_id))
+        if self.stream_mode == "passthrough":
+            self._passthrough_done(message, decision)
+            return
+        yield from _release(chunks, message, self._apply(message, decision))
+
+    # -- async ---------------------------------------------------------------------------------
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        config = self._config()
+        raw = await self.model.ainvoke(messages, config, stop=stop, **kwargs)
+        message = _as_ai_message(raw)
+        run_id = run_manager.run_id if run_manager else None
+        decision = await self.guard.acheck(self._trace(messages, message, run_id))
+        return ChatResult(generations=[ChatGeneration(message=self._apply(message, decision))])
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        config = self._config()
+        run_id = run_manager.run_id if run_manager else None
+        chunks: list[AIMessageChunk] = []
+        async for chunk in self.model.astream(messages, config, stop=stop, **kwargs):
+            if not isinstance(chunk, AIMessageChunk):
+                raise TypeError(f"the guarded runnable streamed {type(chunk).__name__}")
+            chunks.append(chunk)
+            if self.stream_mode == "passthrough":
+                yield ChatGenerationChunk(message=chunk)
+        message = _merged(chunks)
+        decision = await self.guard.acheck(self._trace(messages, message, run_id))
+        if self.stream_mode == "passthrough":
+            self._passthrough_done(message, decision)
+            return
+        for out in _release(chunks, message, self._apply(message, decision)):
+            yield out
+
+
+def _merged(chunks: list[AIMessageChunk]) -> AIMessage:
+    """The whole streamed message (an ``AIMessageChunk`` is an ``AIMessage``)."""
+    if not chunks:
+        return AIMessage(content="")
+    merged: AIMessageChunk = functools.reduce(operator.add, chunks)
+    return merged
+
+
+def _release(
+    chunks: list[AIMessageChunk], original: AIMessage, final: AIMessage
+) -> Iterator[ChatGenerationChunk]:
+    """The buffered stream as the caller may see it: unchanged, or one redacted chunk."""
+    if final is original:
+        for chunk in chunks:
+            yield ChatGenerationChunk(message=chunk)
+    else:
+        yield ChatGenerationChunk(message=as_chunk(final))
+
+
+def guard_runnable(
+    model: Runnable[LanguageModelInput, BaseMessage],
+    guard: Guard,
+    *,
+    stream_mode: StreamMode = "buffer",
+) -> GuardedChatModel:
+    """Wrap ``model`` so that every answer is audited and returned allowed, redacted or blocked.
+
+    See :class:`GuardedChatModel` for what each decision does to ``invoke`` / ``batch`` /
+    ``stream`` and their async twins, and for the two stream modes.
+    """
+    return GuardedChatModel(model=model, guard=guard, stream_mode=stream_mode)
