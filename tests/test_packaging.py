@@ -40,8 +40,16 @@ def test_wheel_installs_and_ships_integrations_and_prompts(tmp_path: Path) -> No
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "-c", str(ROOT / "constraints.txt"),
-         str(wheel)],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "-c",
+            str(ROOT / "constraints.txt"),
+            str(wheel),
+        ],
         check=True,
     )
     result = subprocess.run(
