@@ -3,6 +3,7 @@
 The public surface is re-exported here; modules starting with ``_`` are private.
 """
 
+from traceguard import taxonomy
 from traceguard._auditor import Auditor
 from traceguard._decision import Action, Decision
 from traceguard._exceptions import (
@@ -39,6 +40,14 @@ from traceguard._version import __version__
 from traceguard.audit import AuditSummary, arun_audit, run_audit
 from traceguard.auditors.baseline import BaselineAuditor
 from traceguard.auditors.guardtrace import GuardTraceAuditor
+from traceguard.auditors.holisafe import HoliSafeAuditor
+from traceguard.auditors.llavaguard import (
+    LlavaGuardAuditor,
+    LlavaGuardPolicy,
+    parse_llavaguard_output,
+)
+from traceguard.auditors.safeguard import SafeGuardAuditor, parse_safeguard_output
+from traceguard.auditors.staged import StagedAuditor
 from traceguard.backends import OpenAICompatibleBackend, TransformersBackend
 
 __all__ = [
@@ -62,6 +71,7 @@ __all__ = [
     "Escalation",
     "Guard",
     "GuardTraceAuditor",
+    "HoliSafeAuditor",
     "ImageAccess",
     "ImageAccessDenied",
     "ImageError",
@@ -69,6 +79,8 @@ __all__ = [
     "InputError",
     "JsonlSink",
     "Label",
+    "LlavaGuardAuditor",
+    "LlavaGuardPolicy",
     "OpenAICompatibleBackend",
     "ParseError",
     "ParsedJudgment",
@@ -77,8 +89,10 @@ __all__ = [
     "ReasoningStream",
     "Redaction",
     "ReviewQueue",
+    "SafeGuardAuditor",
     "Sink",
     "SinkError",
+    "StagedAuditor",
     "Thresholds",
     "ToolCall",
     "Trace",
@@ -92,8 +106,11 @@ __all__ = [
     "extract_langchain_message",
     "extract_responses_output",
     "parse_guardtrace_output",
+    "parse_llavaguard_output",
+    "parse_safeguard_output",
     "run_audit",
     "split_think_tags",
     "strictest",
+    "taxonomy",
     "__version__",
 ]

@@ -71,11 +71,19 @@ def _image_only_processor(model: str, trust_remote_code: bool, pixel_kwargs: dic
     )
     base = getattr(transformers, class_name, None) or transformers.Qwen2_5_VLProcessor
     template = _read_chat_template(model) or getattr(tokenizer, "chat_template", None)
+    # Processor-level settings (LLaVA-OneVision's num_image_tokens, feature strategy, ...) live in
+    # processor_config.json; the stock loader passes them on, so the image-only one must too.
+    options = {
+        key: value
+        for key, value in _read_json(model, "processor_config.json").items()
+        if key not in ("processor_class", "chat_template", "auto_map")
+    }
     return _image_only_class(base)(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=None,
         chat_template=template,
+        **options,
     )
 
 

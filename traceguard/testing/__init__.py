@@ -12,6 +12,12 @@ from traceguard.testing._scripted import ScriptedAuditor, Step
 
 if TYPE_CHECKING:
     from traceguard.testing.openai_server import OpenAIServer, ScriptedResponse
+    from traceguard.testing.tiny_models import (
+        build_tiny_gemma3,
+        build_tiny_holisafe,
+        build_tiny_llava_onevision,
+        forced_output,
+    )
     from traceguard.testing.tiny_qwen import build_tiny_qwen25vl
 
 __all__ = [
@@ -19,13 +25,21 @@ __all__ = [
     "ScriptedAuditor",
     "ScriptedResponse",
     "Step",
+    "build_tiny_gemma3",
+    "build_tiny_holisafe",
+    "build_tiny_llava_onevision",
     "build_tiny_qwen25vl",
+    "forced_output",
 ]
 
 _LAZY = {
     "OpenAIServer": "traceguard.testing.openai_server",
     "ScriptedResponse": "traceguard.testing.openai_server",
     "build_tiny_qwen25vl": "traceguard.testing.tiny_qwen",
+    "build_tiny_gemma3": "traceguard.testing.tiny_models",
+    "build_tiny_holisafe": "traceguard.testing.tiny_models",
+    "build_tiny_llava_onevision": "traceguard.testing.tiny_models",
+    "forced_output": "traceguard.testing.tiny_models",
 }
 
 
