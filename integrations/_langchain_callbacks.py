@@ -1,16 +1,18 @@
 """Callback handlers that audit every LLM / chat-model run and stop the blocked ones.
 
 The sync and async handlers share :class:`_RunRecorder` (per-run state, trace building, acting
-on a decision); they differ only in calling ``guard.check`` or ``await guard.acheck``.
+on a decision) and the recording callbacks of :class:`_Recording`; they differ only in
+``on_llm_end``, which calls ``guard.check`` or ``await guard.acheck``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
@@ -23,13 +25,16 @@ from traceguard._guard import Guard
 from traceguard._reasoning import ReasoningStream, split_think_tags
 from traceguard._trace import ToolCall, Trace
 
-from ._langchain_messages import RequestContext, output_of, request_context
+from ._context import RequestContext
+from ._langchain_messages import output_of, request_context
 
 __all__ = ["AsyncTraceguardCallbackHandler", "OnRedact", "TraceguardCallbackHandler"]
 
 logger = logging.getLogger("traceguard.integrations.langchain")
 
 OnRedact = Literal["block", "allow"]
+
+_P = ParamSpec("_P")
 
 
 @dataclass
@@ -181,15 +186,31 @@ class _RunRecorder:
         )
 
 
+def _awaitable(callback: Callable[_P, None]) -> Callable[_P, Coroutine[Any, Any, None]]:
+    """The async form of a callback that does no I/O, for the async handler.
+
+    LangChain awaits the methods of an ``AsyncCallbackHandler``; the recording steps are the same
+    in both handlers, so they are written once (in :class:`_Recording`) and wrapped here.
+    """
+
+    @functools.wraps(callback)
+    async def run(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        callback(*args, **kwargs)
+
+    return run
+
+
 class _HandlerBase:
-    """Options shared by both handlers."""
+    """Options and state shared by both handlers."""
 
     raise_error: bool = True
     """LangChain logs and swallows a handler's exception unless this is set."""
     run_inline: bool = True
     """Run in order, before handlers that are gathered concurrently."""
 
-    _recorder: _RunRecorder
+    def __init__(self, guard: Guard, *, on_redact: OnRedact = "block") -> None:
+        super().__init__()
+        self._recorder = _RunRecorder(guard, on_redact)
 
     @property
     def guard(self) -> Guard:
@@ -202,7 +223,69 @@ class _HandlerBase:
         return self._recorder.active_runs
 
 
-class TraceguardCallbackHandler(_HandlerBase, BaseCallbackHandler):
+class _Recording(_HandlerBase):
+    """The callbacks that only record, written once for both handlers.
+
+    ``self`` is typed as :class:`_HandlerBase` so that the async handler, which cannot inherit
+    these sync methods from ``AsyncCallbackHandler``'s side, can take them through
+    :func:`_awaitable`.
+    """
+
+    def on_chat_model_start(
+        self: _HandlerBase,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record the query, images and history of a chat-model run."""
+        self._recorder.start_chat(messages, run_id, parent_run_id, tags, metadata, kwargs)
+
+    def on_llm_start(
+        self: _HandlerBase,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record the prompt of a (non-chat) LLM run."""
+        self._recorder.start_llm(prompts, run_id, parent_run_id, tags, metadata, kwargs)
+
+    def on_llm_new_token(
+        self: _HandlerBase,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Accumulate a streamed token or reasoning delta."""
+        self._recorder.token(token, chunk, run_id)
+
+    def on_llm_error(
+        self: _HandlerBase,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Forget a failed run: there is no output to audit."""
+        self._recorder.drop(run_id)
+
+
+class TraceguardCallbackHandler(_Recording, BaseCallbackHandler):
     """Audits the output of every LLM and chat-model run, and raises to stop a blocked one.
 
     Attach it with ``config={"callbacks": [handler]}`` (or ``model.with_config(...)``, or an
@@ -221,78 +304,14 @@ class TraceguardCallbackHandler(_HandlerBase, BaseCallbackHandler):
     calling thread, which there is the event loop.
     """
 
-    def __init__(self, guard: Guard, *, on_redact: OnRedact = "block") -> None:
-        super().__init__()
-        self._recorder = _RunRecorder(guard, on_redact)
-
-    def on_chat_model_start(
-        self,
-        serialized: dict[str, Any],
-        messages: list[list[BaseMessage]],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Record the query, images and history of a chat-model run."""
-        self._recorder.start_chat(messages, run_id, parent_run_id, tags, metadata, kwargs)
-
-    def on_llm_start(
-        self,
-        serialized: dict[str, Any],
-        prompts: list[str],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Record the prompt of a (non-chat) LLM run."""
-        self._recorder.start_llm(prompts, run_id, parent_run_id, tags, metadata, kwargs)
-
-    def on_llm_new_token(
-        self,
-        token: str | list[str | dict[str, Any]],
-        *,
-        chunk: GenerationChunk | ChatGenerationChunk | None = None,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Accumulate a streamed token or reasoning delta."""
-        self._recorder.token(token, chunk, run_id)
-
-    def on_llm_end(
-        self,
-        response: LLMResult,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    # parent_run_id, tags and the rest arrive in ``kwargs``; the end of a run needs none of them.
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         """Audit the run's output; raise :class:`~traceguard.Blocked` to stop it."""
         try:
             for trace in self._recorder.traces(response, run_id):
                 self._recorder.act(trace, self.guard.check(trace))
         finally:
             self._recorder.drop(run_id)
-
-    def on_llm_error(
-        self,
-        error: BaseException,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Forget a failed run: there is no output to audit."""
-        self._recorder.drop(run_id)
 
 
 class AsyncTraceguardCallbackHandler(_HandlerBase, AsyncCallbackHandler):
@@ -304,75 +323,15 @@ class AsyncTraceguardCallbackHandler(_HandlerBase, AsyncCallbackHandler):
     :class:`TraceguardCallbackHandler` for sync calls.
     """
 
-    def __init__(self, guard: Guard, *, on_redact: OnRedact = "block") -> None:
-        super().__init__()
-        self._recorder = _RunRecorder(guard, on_redact)
+    on_chat_model_start = _awaitable(_Recording.on_chat_model_start)
+    on_llm_start = _awaitable(_Recording.on_llm_start)
+    on_llm_new_token = _awaitable(_Recording.on_llm_new_token)
+    on_llm_error = _awaitable(_Recording.on_llm_error)
 
-    async def on_chat_model_start(
-        self,
-        serialized: dict[str, Any],
-        messages: list[list[BaseMessage]],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Record the query, images and history of a chat-model run."""
-        self._recorder.start_chat(messages, run_id, parent_run_id, tags, metadata, kwargs)
-
-    async def on_llm_start(
-        self,
-        serialized: dict[str, Any],
-        prompts: list[str],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Record the prompt of a (non-chat) LLM run."""
-        self._recorder.start_llm(prompts, run_id, parent_run_id, tags, metadata, kwargs)
-
-    async def on_llm_new_token(
-        self,
-        token: str | list[str | dict[str, Any]],
-        *,
-        chunk: GenerationChunk | ChatGenerationChunk | None = None,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Accumulate a streamed token or reasoning delta."""
-        self._recorder.token(token, chunk, run_id)
-
-    async def on_llm_end(
-        self,
-        response: LLMResult,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         """Audit the run's output; raise :class:`~traceguard.Blocked` to stop it."""
         try:
             for trace in self._recorder.traces(response, run_id):
                 self._recorder.act(trace, await self.guard.acheck(trace))
         finally:
             self._recorder.drop(run_id)
-
-    async def on_llm_error(
-        self,
-        error: BaseException,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Forget a failed run: there is no output to audit."""
-        self._recorder.drop(run_id)

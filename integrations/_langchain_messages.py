@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 
 from traceguard._images import ImageRef
 from traceguard._reasoning import extract_langchain_message
-from traceguard._trace import ToolCall, Trace, Turn
+from traceguard._trace import ToolCall, Turn
+
+from ._context import RequestContext, base64_image_ref, split_last_user, url_image_ref
 
 __all__ = [
-    "RequestContext",
     "as_chunk",
     "output_of",
     "redact_message",
@@ -43,77 +43,26 @@ _REASONING_KWARGS = ("reasoning_content", "reasoning", "reasoning_details", "thi
 _RAW_TOOL_KWARGS = ("tool_calls", "function_call")
 
 
-@dataclass(frozen=True)
-class RequestContext:
-    """The request side of a trace: what the model was asked, and the conversation so far."""
-
-    query: str = ""
-    images: tuple[ImageRef, ...] = ()
-    history: tuple[Turn, ...] = ()
-    model: str | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-    def trace(
-        self,
-        *,
-        thinking: str | None,
-        response: str,
-        tool_calls: tuple[ToolCall, ...],
-        trace_id: str | None,
-    ) -> Trace:
-        """The trace to audit for one output of this request."""
-        return Trace(
-            query=self.query,
-            response=response,
-            thinking=thinking,
-            images=self.images,
-            tool_calls=tool_calls,
-            history=self.history,
-            id=trace_id,
-            model=self.model,
-            metadata=dict(self.metadata),
-        )
-
-
 # -- the request ------------------------------------------------------------------------------
-
-
-def _base64_ref(data: Any, mime: Any) -> ImageRef | None:
-    if not isinstance(data, str) or not data:
-        return None
-    media = mime if isinstance(mime, str) and mime else "application/octet-stream"
-    # A data URI defers decoding to ImageRef.load, so bad base64 becomes an INVALID_INPUT
-    # verdict for this trace instead of an exception inside a callback.
-    return ImageRef.from_data_uri(f"data:{media};base64,{data}")
-
-
-def _url_ref(url: Any) -> ImageRef | None:
-    if isinstance(url, Mapping):  # {"url": ..., "detail": ...}
-        url = url.get("url")
-    if not isinstance(url, str) or not url:
-        return None
-    # Never ImageRef.parse: message content is user-controlled and a bare string would become a
-    # local path. Anything but a data URI is a URL the auditor's ImageAccess may refuse.
-    return ImageRef.from_data_uri(url) if url[:5].lower() == "data:" else ImageRef.from_url(url)
 
 
 def _image_block(block: Mapping[str, Any]) -> ImageRef | str | None:
     """An image content block as a ref, or a text placeholder when it names a provider file."""
     kind = block.get("type")
     if kind == "image_url":  # OpenAI chat format
-        return _url_ref(block.get("image_url"))
+        return url_image_ref(block.get("image_url"))
     source = block.get("source")
     if isinstance(source, Mapping):  # Anthropic native format
         if source.get("type") == "base64":
-            return _base64_ref(source.get("data"), source.get("media_type"))
-        return _url_ref(source.get("url"))
+            return base64_image_ref(source.get("data"), source.get("media_type"))
+        return url_image_ref(source.get("url"))
     # langchain-core 1.x standard blocks, and the v0 form with ``source_type``/``data``.
     if block.get("base64") is not None:
-        return _base64_ref(block.get("base64"), block.get("mime_type"))
+        return base64_image_ref(block.get("base64"), block.get("mime_type"))
     if block.get("source_type") == "base64":
-        return _base64_ref(block.get("data"), block.get("mime_type"))
+        return base64_image_ref(block.get("data"), block.get("mime_type"))
     if block.get("url") is not None:
-        return _url_ref(block.get("url"))
+        return url_image_ref(block.get("url"))
     file_id = block.get("file_id") or block.get("id")
     if block.get("source_type") == "id" or block.get("file_id") is not None:
         return f"[image file {file_id}]"
@@ -189,18 +138,7 @@ def request_context(
     calls) and the tool results, in order, so each model call is audited with the conversation
     so far.
     """
-    turns = [_turn(message) for message in messages]
-    query = ""
-    images: tuple[ImageRef, ...] = ()
-    history = tuple(turns)
-    for index in range(len(turns) - 1, -1, -1):
-        if turns[index].role == "user":
-            query, images = turns[index].content, turns[index].images
-            history = tuple(turns[:index] + turns[index + 1 :])
-            break
-    return RequestContext(
-        query=query, images=images, history=history, model=model, metadata=dict(metadata or {})
-    )
+    return split_last_user([_turn(message) for message in messages], model=model, metadata=metadata)
 
 
 # -- the output -------------------------------------------------------------------------------

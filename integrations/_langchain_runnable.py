@@ -147,6 +147,9 @@ class GuardedChatModel(BaseChatModel):
         # otherwise receive its tokens before the audit. Callers see this run's audited output.
         return {"callbacks": []}
 
+    def _answer(self, message: AIMessage, decision: Decision) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=self._apply(message, decision))])
+
     # -- sync ----------------------------------------------------------------------------------
 
     def _generate(
@@ -156,11 +159,9 @@ class GuardedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        config = self._config()
-        message = _as_ai_message(self.model.invoke(messages, config, stop=stop, **kwargs))
-        run_id = run_manager.run_id if run_manager else None
-        decision = self.guard.check(self._trace(messages, message, run_id))
-        return ChatResult(generations=[ChatGeneration(message=self._apply(message, decision))])
+        message = _as_ai_message(self.model.invoke(messages, self._config(), stop=stop, **kwargs))
+        decision = self.guard.check(self._trace(messages, message, _run_id(run_manager)))
+        return self._answer(message, decision)
 
     def _stream(
         self,
@@ -169,21 +170,11 @@ class GuardedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        config = self._config()
-        run_id = run_manager.run_id if run_manager else None
-        chunks: list[AIMessageChunk] = []
-        for chunk in self.model.stream(messages, config, stop=stop, **kwargs):
-            if not isinstance(chunk, AIMessageChunk):
-                raise TypeError(f"the guarded runnable streamed {type(chunk).__name__}")
-            chunks.append(chunk)
-            if self.stream_mode == "passthrough":
-                yield ChatGenerationChunk(message=chunk)
-        message = _merged(chunks)
-        decision = self.guard.check(self._trace(messages, message, run_id))
-        if self.stream_mode == "passthrough":
-            self._passthrough_done(message, decision)
-            return
-        yield from _release(chunks, message, self._apply(message, decision))
+        buffer = _StreamBuffer(self, messages, _run_id(run_manager))
+        for chunk in self.model.stream(messages, self._config(), stop=stop, **kwargs):
+            yield from buffer.take(chunk)
+        trace = buffer.end()
+        yield from buffer.release(self.guard.check(trace))
 
     # -- async ---------------------------------------------------------------------------------
 
@@ -194,12 +185,10 @@ class GuardedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        config = self._config()
-        raw = await self.model.ainvoke(messages, config, stop=stop, **kwargs)
+        raw = await self.model.ainvoke(messages, self._config(), stop=stop, **kwargs)
         message = _as_ai_message(raw)
-        run_id = run_manager.run_id if run_manager else None
-        decision = await self.guard.acheck(self._trace(messages, message, run_id))
-        return ChatResult(generations=[ChatGeneration(message=self._apply(message, decision))])
+        decision = await self.guard.acheck(self._trace(messages, message, _run_id(run_manager)))
+        return self._answer(message, decision)
 
     async def _astream(
         self,
@@ -208,22 +197,57 @@ class GuardedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        config = self._config()
-        run_id = run_manager.run_id if run_manager else None
-        chunks: list[AIMessageChunk] = []
-        async for chunk in self.model.astream(messages, config, stop=stop, **kwargs):
-            if not isinstance(chunk, AIMessageChunk):
-                raise TypeError(f"the guarded runnable streamed {type(chunk).__name__}")
-            chunks.append(chunk)
-            if self.stream_mode == "passthrough":
-                yield ChatGenerationChunk(message=chunk)
-        message = _merged(chunks)
-        decision = await self.guard.acheck(self._trace(messages, message, run_id))
-        if self.stream_mode == "passthrough":
-            self._passthrough_done(message, decision)
-            return
-        for out in _release(chunks, message, self._apply(message, decision)):
+        buffer = _StreamBuffer(self, messages, _run_id(run_manager))
+        async for chunk in self.model.astream(messages, self._config(), stop=stop, **kwargs):
+            for out in buffer.take(chunk):
+                yield out
+        trace = buffer.end()
+        for out in buffer.release(await self.guard.acheck(trace)):
             yield out
+
+
+def _run_id(run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None) -> Any:
+    return run_manager.run_id if run_manager else None
+
+
+class _StreamBuffer:
+    """The I/O-free side of a guarded stream: which chunks go out when, and what is audited.
+
+    Driven by ``_stream`` / ``_astream``: :meth:`take` each inner chunk and release what it
+    returns, then audit the trace from :meth:`end` and release :meth:`release` of the decision.
+    """
+
+    def __init__(self, model: GuardedChatModel, messages: list[BaseMessage], run_id: Any) -> None:
+        self._model = model
+        self._messages = messages
+        self._run_id = run_id
+        self._passthrough = model.stream_mode == "passthrough"
+        self._chunks: list[AIMessageChunk] = []
+        self._message: AIMessage | None = None
+
+    def take(self, chunk: Any) -> list[ChatGenerationChunk]:
+        """Keep ``chunk``; return what to release now (it, in passthrough mode)."""
+        if not isinstance(chunk, AIMessageChunk):
+            raise TypeError(f"the guarded runnable streamed {type(chunk).__name__}")
+        self._chunks.append(chunk)
+        return [ChatGenerationChunk(message=chunk)] if self._passthrough else []
+
+    def end(self) -> Trace:
+        """The trace of the whole streamed answer."""
+        self._message = _merged(self._chunks)
+        return self._model._trace(self._messages, self._message, self._run_id)
+
+    def release(self, decision: Decision) -> list[ChatGenerationChunk]:
+        """What is left to release under ``decision`` (or raise when it is blocked)."""
+        if self._message is None:
+            raise RuntimeError("release() before end()")
+        if self._passthrough:
+            self._model._passthrough_done(self._message, decision)
+            return []
+        final = self._model._apply(self._message, decision)
+        if final is self._message:
+            return [ChatGenerationChunk(message=chunk) for chunk in self._chunks]
+        return [ChatGenerationChunk(message=as_chunk(final))]  # one redacted chunk
 
 
 def _merged(chunks: list[AIMessageChunk]) -> AIMessage:
@@ -232,17 +256,6 @@ def _merged(chunks: list[AIMessageChunk]) -> AIMessage:
         return AIMessage(content="")
     merged: AIMessageChunk = functools.reduce(operator.add, chunks)
     return merged
-
-
-def _release(
-    chunks: list[AIMessageChunk], original: AIMessage, final: AIMessage
-) -> Iterator[ChatGenerationChunk]:
-    """The buffered stream as the caller may see it: unchanged, or one redacted chunk."""
-    if final is original:
-        for chunk in chunks:
-            yield ChatGenerationChunk(message=chunk)
-    else:
-        yield ChatGenerationChunk(message=as_chunk(final))
 
 
 def guard_runnable(

@@ -12,7 +12,7 @@ from typing import Any
 from traceguard._reasoning import ReasoningStream
 from traceguard._trace import ToolCall, Trace
 
-from ._openai_request import RequestContext
+from ._openai_request import RequestContext, output_trace
 from ._openai_result import REASONING_FIELDS, Edit
 
 __all__ = ["ChatStreamAdapter"]
@@ -82,8 +82,13 @@ class ChatStreamAdapter:
         )
         if stage == "thinking":
             response, calls = "", ()
-        return self.context.trace(
-            response=response, thinking=thinking, tool_calls=calls, stage=stage, choice=index
+        return output_trace(
+            self.context,
+            response=response,
+            thinking=thinking,
+            tool_calls=calls,
+            stage=stage,
+            choice=index,
         )
 
     def thinking_finished(self) -> list[Trace]:
@@ -97,7 +102,7 @@ class ChatStreamAdapter:
     def final_traces(self) -> list[Trace]:
         if not self._choices:
             # Nothing but metadata arrived; the query alone is still audited, never skipped.
-            return [self.context.trace(response="", thinking=None)]
+            return [output_trace(self.context, response="", thinking=None)]
         return [self._trace(i, s, stage="final") for i, s in sorted(self._choices.items())]
 
     def edited(self, chunks: Sequence[Any], edits: Mapping[int, Edit]) -> list[Any]:

@@ -8,45 +8,37 @@ loads (or refuses) under its own :class:`~traceguard.ImageAccess`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from traceguard._images import ImageRef
-from traceguard._trace import Trace, Turn
+from traceguard._trace import ToolCall, Trace, Turn
 
-__all__ = ["RequestContext", "chat_request_context", "responses_request_context"]
+from ._context import RequestContext, split_last_user, url_image_ref
+
+__all__ = [
+    "RequestContext",
+    "chat_request_context",
+    "output_trace",
+    "responses_request_context",
+]
 
 
-@dataclass(frozen=True)
-class RequestContext:
-    """The request side of a trace; the result side is filled in per choice."""
-
-    query: str = ""
-    images: tuple[ImageRef, ...] = ()
-    history: tuple[Turn, ...] = ()
-    model: str | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-    def trace(
-        self,
-        *,
-        response: str,
-        thinking: str | None,
-        tool_calls: tuple[Any, ...] = (),
-        stage: str = "final",
-        choice: int = 0,
-    ) -> Trace:
-        """The trace to audit for one output of this request."""
-        return Trace(
-            query=self.query,
-            response=response,
-            thinking=thinking,
-            images=self.images,
-            tool_calls=tool_calls,
-            history=self.history,
-            model=self.model,
-            metadata={**self.metadata, "stage": stage, "choice": choice},
-        )
+def output_trace(
+    context: RequestContext,
+    *,
+    response: str,
+    thinking: str | None,
+    tool_calls: tuple[ToolCall, ...] = (),
+    stage: str = "final",
+    choice: int = 0,
+) -> Trace:
+    """The trace of one output; ``stage`` (thinking or final) and ``choice`` go in its metadata."""
+    return context.trace(
+        response=response,
+        thinking=thinking,
+        tool_calls=tool_calls,
+        metadata={"stage": stage, "choice": choice},
+    )
 
 
 def _as_mapping(value: Any) -> Mapping[str, Any]:
@@ -59,16 +51,6 @@ def _as_mapping(value: Any) -> Mapping[str, Any]:
         if isinstance(dumped, Mapping):
             return dumped
     return {}
-
-
-def _image_ref(url: Any) -> ImageRef | None:
-    if isinstance(url, Mapping):  # chat: {"url": ..., "detail": ...}
-        url = url.get("url")
-    if not isinstance(url, str) or not url:
-        return None
-    # Never ImageRef.parse: a bare string would become a local *path*, and request content is
-    # caller- or user-controlled. Anything but a data URI is a URL the auditor may refuse.
-    return ImageRef.from_data_uri(url) if url.startswith("data:") else ImageRef.from_url(url)
 
 
 def _content_parts(content: Any) -> tuple[str, tuple[ImageRef, ...]]:
@@ -85,7 +67,7 @@ def _content_parts(content: Any) -> tuple[str, tuple[ImageRef, ...]]:
         if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif kind in ("image_url", "input_image"):
-            ref = _image_ref(part.get("image_url"))
+            ref = url_image_ref(part.get("image_url"))
             if ref is not None:
                 images.append(ref)
             elif part.get("file_id"):
@@ -98,16 +80,6 @@ def _content_parts(content: Any) -> tuple[str, tuple[ImageRef, ...]]:
 def _model_name(kwargs: Mapping[str, Any]) -> str | None:
     model = kwargs.get("model")
     return model if isinstance(model, str) else None
-
-
-def _split_last_user(turns: list[Turn]) -> RequestContext:
-    """The last user turn is the query; every other turn is context, in order."""
-    for index in range(len(turns) - 1, -1, -1):
-        if turns[index].role == "user":
-            last = turns[index]
-            rest = tuple(turns[:index] + turns[index + 1 :])
-            return RequestContext(query=last.content, images=last.images, history=rest)
-    return RequestContext(history=tuple(turns))
 
 
 def chat_request_context(kwargs: Mapping[str, Any]) -> RequestContext:
@@ -123,14 +95,7 @@ def chat_request_context(kwargs: Mapping[str, Any]) -> RequestContext:
             function = _as_mapping(_as_mapping(call).get("function"))
             lines.append(f"[tool call] {function.get('name', '')}({function.get('arguments', '')})")
         turns.append(Turn(role=role, content="\n".join(lines), images=images))
-    base = _split_last_user(turns)
-    return RequestContext(
-        query=base.query,
-        images=base.images,
-        history=base.history,
-        model=_model_name(kwargs),
-        metadata={"api": "chat.completions"},
-    )
+    return split_last_user(turns, model=_model_name(kwargs), metadata={"api": "chat.completions"})
 
 
 def _responses_item_turn(item: Mapping[str, Any]) -> Turn | None:
@@ -162,11 +127,4 @@ def responses_request_context(kwargs: Mapping[str, Any]) -> RequestContext:
             turn = _responses_item_turn(_as_mapping(raw))
             if turn is not None:
                 turns.append(turn)
-    base = _split_last_user(turns)
-    return RequestContext(
-        query=base.query,
-        images=base.images,
-        history=base.history,
-        model=_model_name(kwargs),
-        metadata={"api": "responses"},
-    )
+    return split_last_user(turns, model=_model_name(kwargs), metadata={"api": "responses"})

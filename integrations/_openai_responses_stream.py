@@ -11,7 +11,7 @@ from typing import Any
 from traceguard._reasoning import ReasoningStream, extract_responses_output
 from traceguard._trace import Trace
 
-from ._openai_request import RequestContext
+from ._openai_request import RequestContext, output_trace
 from ._openai_result import Edit, edit_output, edit_response, responses_tool_calls
 
 __all__ = ["ResponsesStreamAdapter"]
@@ -53,7 +53,9 @@ class ResponsesStreamAdapter:
             return []
         self._early_done = True
         return [
-            self.context.trace(response="", thinking=self._reasoning.thinking, stage="thinking")
+            output_trace(
+                self.context, response="", thinking=self._reasoning.thinking, stage="thinking"
+            )
         ]
 
     def final_traces(self) -> list[Trace]:
@@ -64,7 +66,7 @@ class ResponsesStreamAdapter:
         else:  # cut short: what the deltas said, plus the items that finished
             thinking, text = self._reasoning.result()
             calls = responses_tool_calls(self._done_items)
-        return [self.context.trace(response=text, thinking=thinking, tool_calls=calls)]
+        return [output_trace(self.context, response=text, thinking=thinking, tool_calls=calls)]
 
     def edited(self, chunks: Sequence[Any], edits: Mapping[int, Edit]) -> list[Any]:
         edit = edits.get(0, Edit())

@@ -15,7 +15,7 @@ from traceguard._decision import Decision
 from traceguard._reasoning import extract_chat_message, extract_responses_output
 from traceguard._trace import ToolCall, Trace
 
-from ._openai_request import RequestContext
+from ._openai_request import RequestContext, output_trace
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion, ChatCompletionMessage
@@ -61,7 +61,8 @@ def chat_traces(context: RequestContext, completion: ChatCompletion) -> list[Tra
     for choice in completion.choices:
         thinking, response = extract_chat_message(choice.message)
         traces.append(
-            context.trace(
+            output_trace(
+                context,
                 response=response,
                 thinking=thinking,
                 tool_calls=_chat_tool_calls(choice.message),
@@ -147,8 +148,8 @@ def responses_tool_calls(items: Sequence[Any]) -> tuple[ToolCall, ...]:
 def response_trace(context: RequestContext, response: Response) -> Trace:
     """The trace of one Responses API result."""
     thinking, text = extract_responses_output(response.output)
-    return context.trace(
-        response=text, thinking=thinking, tool_calls=responses_tool_calls(response.output)
+    return output_trace(
+        context, response=text, thinking=thinking, tool_calls=responses_tool_calls(response.output)
     )
 
 

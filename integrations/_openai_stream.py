@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from openai import AsyncStream, Stream
 
@@ -22,8 +22,33 @@ __all__ = ["GuardedAsyncStream", "GuardedStream"]
 
 _T = TypeVar("_T")
 
+# What ``Stream.__init__`` / ``AsyncStream.__init__`` set and callers may read.
+_UPSTREAM_ATTRIBUTES = ("response", "_cast_to", "_client", "_options", "_decoder")
 
-class GuardedStream(Stream[_T]):
+
+class _Guarded(Generic[_T]):
+    """The state both guarded streams hold: the upstream's attributes, the rules, the guard."""
+
+    _state: StreamState[_T]
+    _guard: Guard
+
+    def _adopt(
+        self, upstream: Stream[_T] | AsyncStream[_T], state: StreamState[_T], guard: Guard
+    ) -> None:
+        # Not calling Stream.__init__ on purpose: it would start a second SSE decoder over the
+        # upstream's HTTP response. The attributes callers may read are shared instead.
+        for name in _UPSTREAM_ATTRIBUTES:
+            setattr(self, name, getattr(upstream, name))
+        self._state = state
+        self._guard = guard
+
+    @property
+    def decisions(self) -> list[Decision]:
+        """The decisions taken so far (the last one covers the whole output)."""
+        return list(self._state.decisions)
+
+
+class GuardedStream(_Guarded[_T], Stream[_T]):
     """A sync SDK stream whose chunks are released as the guard allows.
 
     Attributes:
@@ -31,22 +56,9 @@ class GuardedStream(Stream[_T]):
     """
 
     def __init__(self, upstream: Stream[_T], state: StreamState[_T], guard: Guard) -> None:
-        # Not calling Stream.__init__ on purpose: it would start a second SSE decoder over the
-        # upstream's HTTP response. The attributes callers may read are shared instead.
-        self.response = upstream.response
-        self._cast_to = upstream._cast_to
-        self._client = upstream._client
-        self._options = upstream._options
-        self._decoder = upstream._decoder
+        self._adopt(upstream, state, guard)
         self._upstream = upstream
-        self._state = state
-        self._guard = guard
         self._iterator = self._run()
-
-    @property
-    def decisions(self) -> list[Decision]:
-        """The decisions taken so far (the last one covers the whole output)."""
-        return list(self._state.decisions)
 
     def _run(self) -> Iterator[_T]:
         state = self._state
@@ -75,24 +87,13 @@ class GuardedStream(Stream[_T]):
         self._upstream.close()
 
 
-class GuardedAsyncStream(AsyncStream[_T]):
+class GuardedAsyncStream(_Guarded[_T], AsyncStream[_T]):
     """The async twin of :class:`GuardedStream`; audits with ``Guard.acheck_batch``."""
 
     def __init__(self, upstream: AsyncStream[_T], state: StreamState[_T], guard: Guard) -> None:
-        self.response = upstream.response
-        self._cast_to = upstream._cast_to
-        self._client = upstream._client
-        self._options = upstream._options
-        self._decoder = upstream._decoder
+        self._adopt(upstream, state, guard)
         self._upstream = upstream
-        self._state = state
-        self._guard = guard
         self._iterator = self._run()
-
-    @property
-    def decisions(self) -> list[Decision]:
-        """The decisions taken so far (the last one covers the whole output)."""
-        return list(self._state.decisions)
 
     async def _run(self) -> AsyncIterator[_T]:
         state = self._state

@@ -47,7 +47,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from traceguard._decision import Decision
@@ -95,6 +95,13 @@ Api = Literal["chat", "responses"]
 Client = openai.OpenAI | openai.AsyncOpenAI
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A non-streamed result's traces, to be audited before the result is returned."""
+
+    traces: list[Trace]
+
+
 class GuardedClient:
     """The handle of one guarded client: undo it with :meth:`restore` or a ``with`` block.
 
@@ -130,6 +137,7 @@ class GuardedClient:
                 if is_async
                 else _sync_wrapper(self, api, original)
             )
+            wrapper.__traceguard__ = self
             resource.create = wrapper
         self.client.__dict__[_HANDLE_ATTR] = self
         self._active = True
@@ -150,23 +158,13 @@ class GuardedClient:
     def __enter__(self) -> GuardedClient:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.restore()
 
     async def __aenter__(self) -> GuardedClient:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.restore()
 
     def __repr__(self) -> str:
@@ -174,6 +172,24 @@ class GuardedClient:
         return f"<GuardedClient {type(self.client).__name__} {self.options.mode} {state}>"
 
     # -- the shared, I/O-free steps ---------------------------------------------------------
+
+    def intercept(self, api: Api, kwargs: dict[str, Any], result: Any) -> Any:
+        """What a wrapped call returns for the upstream ``result``, or the traces to audit first.
+
+        Returns a :class:`_Pending` when the result must wait for an audit (the shell then
+        passes the decisions to :meth:`apply`); anything else is returned to the caller as is.
+        """
+        if not self._active:  # reached through a stale reference after restore()
+            return result
+        context = self.context(api, kwargs)
+        if isinstance(result, openai.Stream):
+            return GuardedStream(result, self.stream_state(api, context), self.guard)
+        if isinstance(result, openai.AsyncStream):
+            return GuardedAsyncStream(result, self.stream_state(api, context), self.guard)
+        traces = self.traces(context, result)
+        if traces is None:
+            return _passthrough(result)
+        return _Pending(traces)
 
     def context(self, api: Api, kwargs: dict[str, Any]) -> RequestContext:
         """What the caller asked, from the call's keyword arguments."""
@@ -223,17 +239,11 @@ def _sync_wrapper(handle: GuardedClient, api: Api, original: Callable[..., Any])
     @functools.wraps(original)
     def create(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)  # upstream errors propagate untouched, unaudited
-        if not handle.active:  # reached through a stale reference after restore()
-            return result
-        context = handle.context(api, kwargs)
-        if isinstance(result, openai.Stream):
-            return GuardedStream(result, handle.stream_state(api, context), handle.guard)
-        traces = handle.traces(context, result)
-        if traces is None:
-            return _passthrough(result)
-        return handle.apply(result, traces, handle.guard.check_batch(traces))
+        pending = handle.intercept(api, kwargs, result)
+        if not isinstance(pending, _Pending):
+            return pending
+        return handle.apply(result, pending.traces, handle.guard.check_batch(pending.traces))
 
-    create.__traceguard__ = handle  # type: ignore[attr-defined]
     return create
 
 
@@ -241,17 +251,11 @@ def _async_wrapper(handle: GuardedClient, api: Api, original: Callable[..., Awai
     @functools.wraps(original)
     async def create(*args: Any, **kwargs: Any) -> Any:
         result = await original(*args, **kwargs)
-        if not handle.active:
-            return result
-        context = handle.context(api, kwargs)
-        if isinstance(result, openai.AsyncStream):
-            return GuardedAsyncStream(result, handle.stream_state(api, context), handle.guard)
-        traces = handle.traces(context, result)
-        if traces is None:
-            return _passthrough(result)
-        return handle.apply(result, traces, await handle.guard.acheck_batch(traces))
+        pending = handle.intercept(api, kwargs, result)
+        if not isinstance(pending, _Pending):
+            return pending
+        return handle.apply(result, pending.traces, await handle.guard.acheck_batch(pending.traces))
 
-    create.__traceguard__ = handle  # type: ignore[attr-defined]
     return create
 
 

@@ -307,6 +307,7 @@ def _scores_by_keyword(request: ChatRequest) -> Mapping[str, float] | AuditorErr
     table: dict[str, Mapping[str, float]] = {
         "": {" 1": 0.7, " 0": 0.3} if harmful else {"0": 0.9, "1": 0.05},
         " 0": {"\n": 1.0},
+        " 0.": {"5": 1.0},
         "0": {".": 0.2, "\n": 0.8},
         "0.": {"5": 1.0},
     }
@@ -327,11 +328,23 @@ def test_score_mode_reads_probabilities_and_batches_each_round() -> None:
         {"0": p0 / total, "0.5": p05 / total, "1": p1 / total}
     )
     assert benign.details["score_mass"] == pytest.approx(total)
+    # "0", "." and "5" are separate tokens here: the whole path was asked for in one round.
     assert benign.details["score_requests"] == 3
-    assert benign.latency_ms == pytest.approx(9.0)
+    assert benign.details["score_rounds"] == 1
+    assert benign.latency_ms == pytest.approx(3.0)
     assert benign.raw_output is not None and benign.raw_output.startswith("score mode:")
+    # The harmful trace's tokenizer path (" 0") was not guessed: it takes a second round.
+    assert harmful.details["score_rounds"] == 2 and harmful.details["score_requests"] == 5
     # Round 1 scores both traces at once; later rounds carry only the branches still open.
-    assert [len(batch) for _, batch in backend.batches] == [2, 2, 1]
+    assert [len(batch) for _, batch in backend.batches] == [6, 2]
+    first, second = (batch for _, batch in backend.batches)
+    assert [r.assistant_prefix for r in first[:3]] == [
+        DEFAULT_SCORE_PREFIX + suffix for suffix in ("", "0", "0.")
+    ]
+    assert [r.assistant_prefix for r in second] == [
+        DEFAULT_SCORE_PREFIX + suffix for suffix in (" 0", " 0.")
+    ]
+    assert {r.messages for r in second} == {first[0].messages}
     assert all(kind == "logprobs" for kind, _ in backend.batches)
 
 

@@ -17,6 +17,7 @@ from traceguard._guardtrace import (
     IMAGE_PLACEHOLDER,
     JudgmentScores,
     build_guardtrace_request,
+    default_speculation,
     parse_guardtrace_output,
     score_judgment,
 )
@@ -243,44 +244,60 @@ def test_history_is_folded_into_the_query() -> None:
 # -- score mode -----------------------------------------------------------------------------
 
 
-def _dist(probs: Mapping[str, float]) -> TokenDistribution:
+def _dist(probs: Mapping[str, float], latency_ms: float = 2.0) -> TokenDistribution:
     return TokenDistribution(
-        logprobs={token: math.log(p) for token, p in probs.items()}, latency_ms=2.0, model="m"
+        logprobs={token: math.log(p) for token, p in probs.items()},
+        latency_ms=latency_ms,
+        model="m",
     )
+
+
+_END: Mapping[str, float] = {"\n": 1.0}
+"""What a node the test does not care about answers: the number ends there."""
 
 
 def _run_scorer(
     table: Mapping[str, Mapping[str, float] | AuditorError],
     max_requests: int = 8,
+    *,
+    prefix: str = DEFAULT_SCORE_PREFIX,
+    speculate: tuple[str, ...] | None = None,
+    min_branch: float = 1e-3,
 ) -> tuple[JudgmentScores, list[list[str]]]:
-    """Drive the scorer against a table keyed by the text after the base prefix."""
-    base = ChatRequest(messages=(), assistant_prefix=DEFAULT_SCORE_PREFIX)
+    """Drive the scorer against a table keyed by the text after the base prefix.
+
+    Nodes missing from the table answer :data:`_END`; the rounds show every node asked for.
+    """
+    base = ChatRequest(messages=(), assistant_prefix=prefix)
     rounds: list[list[str]] = []
     scorer: Generator[list[ChatRequest], list[ScoreResult], JudgmentScores] = score_judgment(
-        base, max_requests=max_requests
+        base, max_requests=max_requests, speculate=speculate, min_branch=min_branch
     )
     requests = next(scorer)
     while True:
-        suffixes = [(r.assistant_prefix or "")[len(DEFAULT_SCORE_PREFIX) :] for r in requests]
+        suffixes = [(r.assistant_prefix or "")[len(prefix) :] for r in requests]
+        assert all(r.messages == base.messages for r in requests)
         rounds.append(suffixes)
         results: list[ScoreResult] = []
-        for suffix in suffixes:
-            entry = table[suffix]
-            results.append(entry if isinstance(entry, AuditorError) else _dist(entry))
+        for n, suffix in enumerate(suffixes):
+            entry = table.get(suffix, _END)
+            # Distinct latencies per request: the scorer must take a round's slowest, not a sum.
+            results.append(entry if isinstance(entry, AuditorError) else _dist(entry, 2.0 + n))
         try:
             requests = scorer.send(results)
         except StopIteration as stop:
             return stop.value, rounds
 
 
-def test_score_math_follows_the_digit_trie() -> None:
-    scores, rounds = _run_scorer(
-        {
-            "": {"0": 0.6, "1": 0.3, "The": 0.1},
-            "0": {".": 0.5, "\n": 0.4},  # 0.1 unlisted: ends the number, counts as 0
-            "0.": {"5": 0.9, "0": 0.1},
-        }
-    )
+DIGIT_BY_DIGIT: Mapping[str, Mapping[str, float]] = {
+    "": {"0": 0.6, "1": 0.3, "The": 0.1},
+    "0": {".": 0.5, "\n": 0.4},  # 0.1 unlisted: ends the number, counts as 0
+    "0.": {"5": 0.9, "0": 0.1},
+}
+
+
+def test_score_math_follows_the_digit_trie_in_one_round() -> None:
+    scores, rounds = _run_scorer(DIGIT_BY_DIGIT)
     p1, p05, p0 = 0.3, 0.6 * 0.5 * 0.9, 0.6 * 0.5 + 0.6 * 0.5 * 0.1
     total = p1 + p05 + p0
     assert scores.mass == pytest.approx(total)
@@ -288,12 +305,32 @@ def test_score_math_follows_the_digit_trie() -> None:
         {"0": p0 / total, "0.5": p05 / total, "1": p1 / total}
     )
     assert scores.risk == 0.0
-    assert rounds == [[""], ["0"], ["0."]]
-    assert scores.requests == 3
-    assert scores.latency_ms == pytest.approx(6.0)
+    # A tokenizer that splits "0.5" into "0", ".", "5": the whole path is asked for at once.
+    assert rounds == [["", "0", "0."]]
+    assert scores.rounds == 1 and scores.requests == 3
+    assert scores.latency_ms == pytest.approx(4.0)  # the slowest of the round
     token, prob = scores.top_tokens[0]
     assert token == "0" and prob == pytest.approx(0.6)
     assert "P(0.5)=" in scores.describe()
+
+
+def test_speculation_does_not_change_the_scores() -> None:
+    guessed, _ = _run_scorer(DIGIT_BY_DIGIT)
+    discovered, rounds = _run_scorer(DIGIT_BY_DIGIT, speculate=())
+    assert rounds == [[""], ["0"], ["0."]]
+    assert discovered.rounds == 3 and discovered.requests == 3
+    assert discovered.latency_ms == pytest.approx(6.0)
+    assert discovered.probabilities == pytest.approx(guessed.probabilities)
+    assert discovered.mass == pytest.approx(guessed.mass)
+
+
+def test_speculation_follows_the_prefix() -> None:
+    assert default_speculation("“Judgment”: ") == ("0", "0.")
+    assert default_speculation("“Judgment”:") == (" ", " 0", " 0.")
+    table = {"": {" ": 1.0}, " ": {"1": 0.25, "0": 0.75}, " 0": {"\n": 1.0}}
+    scores, rounds = _run_scorer(table, prefix="“Judgment”:")
+    assert rounds == [["", " ", " 0", " 0."]]
+    assert scores.probabilities == pytest.approx({"0": 0.75, "0.5": 0.0, "1": 0.25})
 
 
 def test_leading_spaces_and_multi_character_tokens_match() -> None:
@@ -311,7 +348,35 @@ def test_leading_spaces_and_multi_character_tokens_match() -> None:
     assert scores.mass == pytest.approx(1.0)
     assert scores.probabilities == pytest.approx({"0": p0, "0.5": p05, "1": p1})
     assert scores.risk == 0.5
-    assert rounds == [[""], [" 0", "0.", "["]]
+    # "0." came with the first round; the paths this tokenizer took need a second, which also
+    # guesses the rest of each one's path to 0.5.
+    assert rounds == [["", "0", "0."], [" 0", "[", " 0.", "[0", "[0."]]
+    assert scores.rounds == 2
+
+
+def test_a_bracketed_value_takes_two_rounds() -> None:
+    # A model that writes "[0.5]": "[" is a node of its own, then "0", ".", "5".
+    table = {"": {"[": 1.0}, "[": {"0": 0.5, "1": 0.5}, "[0": {".": 1.0}, "[0.": {"5": 1.0}}
+    scores, rounds = _run_scorer(table)
+    assert rounds == [["", "0", "0."], ["[", "[0", "[0."]]
+    assert scores.probabilities == pytest.approx({"0": 0.0, "0.5": 0.5, "1": 0.5})
+
+
+def test_control_characters_are_not_followed_as_whitespace() -> None:
+    # str.isspace() is true for "\x1e"; a model does not write it before a level.
+    scores, rounds = _run_scorer({"": {"\x1e": 0.5, "\n": 0.5}, "\n": {"1": 1.0}})
+    assert rounds == [["", "0", "0."], ["\n", "\n0", "\n0."]]
+    assert scores.mass == pytest.approx(0.5)
+
+
+def test_mass_reaching_a_node_by_two_paths_is_added() -> None:
+    # "0." is reached as one token and as "0" then ".": both shares go through its distribution.
+    scores, rounds = _run_scorer(
+        {"": {"0.": 0.4, "0": 0.6}, "0": {".": 0.5, "\n": 0.5}, "0.": {"5": 0.5, "0": 0.5}}
+    )
+    dot = 0.4 + 0.6 * 0.5
+    assert scores.probabilities == pytest.approx({"0": 0.3 + dot / 2, "0.5": dot / 2, "1": 0.0})
+    assert rounds == [["", "0", "0."]]
 
 
 def test_low_mass_and_invalid_numbers_are_lost() -> None:
@@ -332,21 +397,61 @@ def test_ties_go_to_the_higher_risk_and_zero_mass_is_all_zero() -> None:
     nothing, rounds = _run_scorer({"": {"Sorry": 1.0}})
     assert nothing.mass == 0.0
     assert dict(nothing.probabilities) == {"0": 0.0, "0.5": 0.0, "1": 0.0}
-    assert rounds == [[""]]
+    assert rounds == [["", "0", "0."]]
 
 
 def test_small_branches_and_the_request_budget_are_respected() -> None:
-    table: dict[str, Mapping[str, float]] = {"": {"1": 0.9995, "0": 0.0005}}
+    table: dict[str, Mapping[str, float]] = {"": {"1": 0.9995, " 0": 0.0005}}
     scores, rounds = _run_scorer(table)
-    assert rounds == [[""]]  # the "0" branch is below min_branch
+    assert rounds == [["", "0", "0."]]  # the " 0" branch is below min_branch
     assert scores.probabilities["1"] == pytest.approx(1.0)
     spaces: dict[str, Mapping[str, float]] = {" " * n: {" ": 1.0} for n in range(10)}
-    scores, rounds = _run_scorer(spaces, max_requests=3)
-    assert len(rounds) == 3 and scores.requests == 3 and scores.mass == 0.0
+    scores, rounds = _run_scorer(spaces, max_requests=6)
+    assert rounds == [
+        ["", "0", "0."],
+        [" ", " 0", " 0."],
+    ]
+    assert scores.requests == 6 and scores.rounds == 2 and scores.mass == 0.0
+    scores, rounds = _run_scorer(spaces, max_requests=5)
+    assert rounds == [["", "0", "0."], [" ", " 0"]]  # the open node first, then guesses
+    scores, rounds = _run_scorer(spaces, max_requests=2)
+    assert rounds == [["", "0"]] and scores.requests == 2
+
+
+def test_tokens_that_decode_to_nothing_do_not_loop() -> None:
+    scores, rounds = _run_scorer({"": {"": 0.5, "1": 0.5}})
+    assert rounds == [["", "0", "0."]]
+    assert scores.mass == pytest.approx(0.5)
 
 
 def test_scorer_reraises_backend_errors_and_needs_a_prefix() -> None:
     with pytest.raises(AuditorError, match="down"):
         _run_scorer({"": {"0": 1.0}, "0": AuditorError("down")})
+    with pytest.raises(AuditorError, match="later"):
+        _run_scorer({"": {" 0": 1.0}, " 0": AuditorError("later")})
     with pytest.raises(ValueError, match="assistant_prefix"):
         next(score_judgment(ChatRequest(messages=())))
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["", "0", "0.", " 0", " ", "[", " 0."]),
+        st.dictionaries(
+            st.sampled_from(["0", "1", ".", "5", " ", " 0", "0.", ".5", "[", "x", "\n"]),
+            st.floats(min_value=0.01, max_value=1.0),
+            min_size=1,
+            max_size=5,
+        ),
+    )
+)
+def test_speculation_never_changes_the_answer(raw: dict[str, dict[str, float]]) -> None:
+    table = {
+        node: {token: p / sum(probs.values()) for token, p in probs.items()}
+        for node, probs in raw.items()
+    }
+    guessed, _ = _run_scorer(table, max_requests=32, min_branch=0.0)
+    discovered, _ = _run_scorer(table, max_requests=32, min_branch=0.0, speculate=())
+    assert 0.0 <= guessed.mass <= 1.0
+    assert guessed.probabilities == pytest.approx(discovered.probabilities, abs=1e-9)
+    assert guessed.mass == pytest.approx(discovered.mass, abs=1e-9)
+    assert guessed.rounds <= discovered.rounds

@@ -6,14 +6,15 @@ import asyncio
 import logging
 import threading
 from collections.abc import Sequence
+from typing import cast
 
 from traceguard._auditor import Auditor
 from traceguard._decision import Action, Decision
-from traceguard._exceptions import AuditorError, Blocked, Escalated, TraceguardError
+from traceguard._exceptions import AuditorError, Blocked, Escalated
 from traceguard._policy import Policy
 from traceguard._sinks import AuditRecord, BackgroundSink, Sink
 from traceguard._trace import Trace
-from traceguard._verdict import AuditStatus, Verdict
+from traceguard._verdict import AuditStatus, Label, Verdict
 
 __all__ = ["Guard"]
 
@@ -136,7 +137,7 @@ class Guard:
                 verdicts = [self.auditor.audit(traces[0])]
             else:
                 verdicts = self.auditor.audit_batch(traces)
-        except TraceguardError as exc:
+        except Exception as exc:
             return self._failed(traces, exc)
         return self._checked(traces, verdicts)
 
@@ -146,25 +147,30 @@ class Guard:
                 verdicts = [await self.auditor.aaudit(traces[0])]
             else:
                 verdicts = await self.auditor.aaudit_batch(traces)
-        except TraceguardError as exc:
+        except Exception as exc:
             return self._failed(traces, exc)
         return self._checked(traces, verdicts)
 
-    def _failed(self, traces: list[Trace], exc: TraceguardError) -> list[Verdict]:
-        # Auditors should return failures as verdicts; one that raises instead still must not
-        # let the output through, so its error becomes an auditor-error verdict for the policy.
-        logger.warning("auditor %s raised %s instead of returning a verdict", self._name, exc)
+    def _failed(self, traces: list[Trace], exc: Exception) -> list[Verdict]:
+        # Auditors should return failures as verdicts; one that raises instead (a TraceguardError,
+        # or a crash: a bug, a decoder choking on hostile input) still must not let the output
+        # through, and must leave a record, so its error becomes an auditor-error verdict that the
+        # policy acts on and the sinks see. Only the type and message are kept, like any verdict.
+        logger.warning(
+            "auditor %s raised %s instead of returning a verdict: %s",
+            self._name,
+            type(exc).__name__,
+            exc,
+        )
         return [
             Verdict.failed(AuditStatus.AUDITOR_ERROR, auditor=self._name, error=exc) for _ in traces
         ]
 
-    def _checked(self, traces: list[Trace], verdicts: list[Verdict]) -> list[Verdict]:
-        if len(verdicts) != len(traces):
-            error = AuditorError(
-                f"auditor returned {len(verdicts)} verdict(s) for {len(traces)} trace(s)"
-            )
-            return self._failed(traces, error)
-        return verdicts
+    def _checked(self, traces: list[Trace], verdicts: object) -> list[Verdict]:
+        problem = _verdicts_problem(verdicts, len(traces))
+        if problem is not None:
+            return self._failed(traces, AuditorError(f"auditor {self._name} {problem}"))
+        return cast("list[Verdict]", verdicts)
 
     @property
     def _name(self) -> str:
@@ -174,19 +180,31 @@ class Guard:
         """Decide, record, act: the one code path behind every check method."""
         decision = self.policy.decide(verdict, trace)
         if self.sinks:
-            record = AuditRecord.from_decision(trace, decision)
-            for sink in self.sinks:
-                try:
-                    sink.emit(record)
-                except Exception as exc:
-                    with self._errors_lock:
-                        self._sink_errors += 1
-                    logger.error("sink %r failed: %s", sink, exc)
+            self._record(trace, decision)
         if raise_on_block and decision.blocked:
             if decision.action is Action.ESCALATE:
                 raise Escalated(decision)
             raise Blocked(decision)
         return decision
+
+    def _record(self, trace: Trace, decision: Decision) -> None:
+        # Recording never changes the outcome: neither a failing sink nor a record that cannot be
+        # built (a trace whose content cannot be hashed) may turn a block into an exception that
+        # a caller could mistake for something else, or an allow into a crash.
+        try:
+            record = AuditRecord.from_decision(trace, decision)
+        except Exception as exc:
+            with self._errors_lock:
+                self._sink_errors += len(self.sinks)
+            logger.error("cannot build the audit record of trace %s: %r", trace.id, exc)
+            return
+        for sink in self.sinks:
+            try:
+                sink.emit(record)
+            except Exception as exc:
+                with self._errors_lock:
+                    self._sink_errors += 1
+                logger.error("sink %r failed: %s", sink, exc)
 
     async def _aconclude(self, trace: Trace, verdict: Verdict, *, raise_on_block: bool) -> Decision:
         if not self._needs_thread():
@@ -198,3 +216,21 @@ class Guard:
 
     def _needs_thread(self) -> bool:
         return any(not isinstance(sink, BackgroundSink) for sink in self.sinks)
+
+
+def _verdicts_problem(verdicts: object, expected: int) -> str | None:
+    """What is wrong with an auditor's answer for ``expected`` traces, or None if nothing."""
+    if not isinstance(verdicts, list | tuple):
+        return f"returned a {type(verdicts).__name__}, not a list of verdicts"
+    if len(verdicts) != expected:
+        return f"returned {len(verdicts)} verdict(s) for {expected} trace(s)"
+    for verdict in verdicts:
+        if not isinstance(verdict, Verdict):
+            return f"returned a {type(verdict).__name__} instead of a Verdict"
+        if verdict.is_ok and (
+            not isinstance(verdict.label, Label) or verdict.risk != verdict.label.risk
+        ):
+            # Built by hand around Verdict.ok(): a risk the label does not match (or no label)
+            # would let the policy and the records disagree about what the auditor said.
+            return f"returned an OK verdict with risk {verdict.risk!r} and label {verdict.label!r}"
+    return None

@@ -41,6 +41,7 @@ __all__ = [
     "JudgmentScores",
     "ParsedJudgment",
     "build_guardtrace_request",
+    "default_speculation",
     "parse_guardtrace_output",
     "render_query",
     "score_judgment",
@@ -63,7 +64,7 @@ DEFAULT_SCORE_PREFIX: Final = "“Judgment”: "
 
 It ends with the space a Qwen2 tokenizer emits as its own token before a bare digit. If a model
 writes ``“Judgment”: [0.5]`` (trained token " ["), pass ``score_prefix="“Judgment”:"`` instead:
-the scorer then follows the " [" / " " token itself, at the cost of one more request.
+the scorer then follows the " [" / " " token itself, at the cost of one more round.
 """
 LEVEL_KEYS: Final = ("0", "0.5", "1")
 """Keys of :attr:`JudgmentScores.probabilities` (and ``Verdict.probabilities``)."""
@@ -255,9 +256,12 @@ class JudgmentScores:
     requests: int
     """Next-token distributions asked for."""
     latency_ms: float
+    """Time spent waiting for the backend: the slowest result of each round, summed."""
     model: str
     top_tokens: tuple[tuple[str, float], ...]
     """The most likely first tokens after the prefix, for review of odd outputs."""
+    rounds: int = 1
+    """Backend round trips: 1 unless the tokenizer took a path the first round did not guess."""
 
     @property
     def risk(self) -> float:
@@ -295,10 +299,15 @@ def _classify(continuation: str) -> str | None:
     return None if level is None else _key_of(level)
 
 
+_BLANKS: Final = " \t\r\n\u3000"
+"""Whitespace a model may write before the value. Not str.isspace(): that also takes control
+characters (\x1c-\x1f), which no model writes there, and following them only costs rounds."""
+
+
 def _strip_opening(continuation: str) -> str:
-    text = continuation.lstrip()
+    text = continuation.lstrip(_BLANKS)
     if text[:1] in ("[", "【"):
-        text = text[1:].lstrip()
+        text = text[1:].lstrip(_BLANKS)
     return text
 
 
@@ -311,11 +320,25 @@ def _ends_as_zero(continuation: str) -> bool:
     return _strip_opening(continuation) == "0"
 
 
+def default_speculation(prefix: str) -> tuple[str, ...]:
+    """The continuations of ``prefix`` score mode asks for up front, beside the prefix itself.
+
+    Qwen2 tokenizers write a number digit by digit and keep a space before it as a token of its
+    own, so after a prefix ending in whitespace the path to 0.5 is "0", "0."; after one that does
+    not, it is " ", " 0", " 0.". Asking for the whole path in the first round costs one round
+    trip instead of three, and a backend that shares prefixes answers it with one prefill.
+    """
+    if prefix[-1:].isspace():
+        return ("0", "0.")
+    return (" ", " 0", " 0.")
+
+
 def score_judgment(
     request: ChatRequest,
     *,
     min_branch: float = 1e-3,
     max_requests: int = 8,
+    speculate: Sequence[str] | None = None,
 ) -> Generator[list[ChatRequest], list[ScoreResult], JudgmentScores]:
     """Score the judgment after ``request.assistant_prefix`` (sans-I/O generator).
 
@@ -325,9 +348,14 @@ def score_judgment(
     Qwen2 tokenizers write numbers digit by digit, so the levels are spelled over a small trie:
     P(1) = P("1"); P(0.5) = P("0")·P("."|"0")·P("5"|"0."); P(0) = P("0")·(1 − P("."|"0")) plus
     P("0")·P("."|"0")·P("0"|"0."). Tokens match after stripping leading whitespace, and a
-    multi-character token ("0.", ".5", " 0") is followed along the trie. Branches below
-    ``min_branch`` of probability are not expanded; at most ``max_requests`` distributions are
-    asked for. Unexpanded or unmatched probability is lost, which lowers ``mass``.
+    multi-character token ("0.", ".5", " 0") is followed along the trie.
+
+    The first round asks for the prefix and every continuation in ``speculate`` at once
+    (default: :func:`default_speculation`). Later rounds ask for the nodes a tokenizer reached by
+    another path (" 0", "["), each with the rest of the path to 0.5 guessed after it ("[0",
+    "[0."). ``speculate=()`` turns guessing off: the trie is then discovered one level per round.
+    Branches below ``min_branch`` of probability are not asked for; at most ``max_requests``
+    distributions are. Unasked or unmatched probability is lost, which lowers ``mass``.
 
     Raises:
         AuditorError: a result was an error (re-raised as is).
@@ -335,26 +363,27 @@ def score_judgment(
     if request.assistant_prefix is None:
         raise ValueError("score_judgment needs a request with an assistant_prefix")
     base = request.assistant_prefix
+    guesses = default_speculation(base) if speculate is None else tuple(speculate)
+    known: dict[str, TokenDistribution] = {}
+    asks = list(dict.fromkeys(("", *guesses)))[:max_requests]
     levels = dict.fromkeys(LEVEL_KEYS, 0.0)
-    frontier: dict[str, float] = {"": 1.0}
-    used, latency, model = 0, 0.0, ""
-    top: tuple[tuple[str, float], ...] = ()
-    while frontier and used < max_requests:
-        nodes = sorted(frontier.items(), key=lambda item: -item[1])[: max_requests - used]
-        frontier = {}
-        results = yield [
-            dataclasses.replace(request, assistant_prefix=base + text) for text, _ in nodes
-        ]
-        used += len(nodes)
-        for (text, mass), result in zip(nodes, results, strict=True):
+    used = rounds = 0
+    latency, model = 0.0, ""
+    while asks:
+        results = yield [dataclasses.replace(request, assistant_prefix=base + t) for t in asks]
+        used += len(asks)
+        rounds += 1
+        slowest = 0.0
+        for text, result in zip(asks, results, strict=True):
             if isinstance(result, AuditorError):
                 raise result
-            latency += result.latency_ms
+            # Requests of one round run side by side (one batch, or concurrent HTTP calls).
+            slowest = max(slowest, result.latency_ms)
             model = model or result.model
-            if not text:
-                top = _top_tokens(result)
-            _expand(text, mass, result, levels, frontier)
-        frontier = {text: mass for text, mass in frontier.items() if mass >= min_branch}
+            known[text] = result
+        latency += slowest
+        levels, unknown = _route(known)
+        asks = _next_asks(unknown, known, min_branch, max_requests - used, guess=bool(guesses))
     total = sum(levels.values())
     probabilities = {key: (value / total if total > 0 else 0.0) for key, value in levels.items()}
     return JudgmentScores(
@@ -363,31 +392,74 @@ def score_judgment(
         requests=used,
         latency_ms=latency,
         model=model,
-        top_tokens=top,
+        top_tokens=_top_tokens(known[""]) if "" in known else (),
+        rounds=rounds,
     )
 
 
-def _expand(
-    text: str,
-    mass: float,
-    distribution: TokenDistribution,
-    levels: dict[str, float],
-    frontier: dict[str, float],
-) -> None:
-    """Route one node's probability mass to levels and to child nodes."""
-    listed = 0.0
-    for token, logprob in distribution.logprobs.items():
-        prob = math.exp(logprob)
-        listed += prob
-        outcome = _classify(text + token)
-        if outcome == _MORE:
-            frontier[text + token] = frontier.get(text + token, 0.0) + mass * prob
-        elif outcome is not None:
-            levels[outcome] += mass * prob
-    if _ends_as_zero(text):
-        # After "0", the tokens the backend did not list are not "." (the likely ones are
-        # listed), so they end the number: the formula's 1 − P("."|"0").
-        levels["0"] += mass * max(0.0, 1.0 - listed)
+def _route(known: Mapping[str, TokenDistribution]) -> tuple[dict[str, float], dict[str, float]]:
+    """Push the probability mass from the root down the known part of the trie.
+
+    Returns the mass that reached each level, and the mass waiting at each node whose
+    distribution is not known yet.
+    """
+    levels = dict.fromkeys(LEVEL_KEYS, 0.0)
+    unknown: dict[str, float] = {}
+    pending = {"": 1.0}
+    while pending:
+        # Every child is longer than its parent, so the shortest pending node has received all
+        # its mass: each node is expanded once.
+        text = min(pending, key=len)
+        mass = pending.pop(text)
+        distribution = known.get(text)
+        if distribution is None:
+            unknown[text] = mass
+            continue
+        listed = 0.0
+        for token, logprob in distribution.logprobs.items():
+            prob = math.exp(logprob)
+            listed += prob
+            if not token:
+                continue  # decodes to nothing (a partial character): it cannot advance the text
+            outcome = _classify(text + token)
+            if outcome == _MORE:
+                pending[text + token] = pending.get(text + token, 0.0) + mass * prob
+            elif outcome is not None:
+                levels[outcome] += mass * prob
+        if _ends_as_zero(text):
+            # After "0", the tokens the backend did not list are not "." (the likely ones are
+            # listed), so they end the number: the formula's 1 − P("."|"0").
+            levels["0"] += mass * max(0.0, 1.0 - listed)
+    return levels, unknown
+
+
+def _next_asks(
+    unknown: Mapping[str, float],
+    known: Mapping[str, TokenDistribution],
+    min_branch: float,
+    budget: int,
+    *,
+    guess: bool,
+) -> list[str]:
+    """The nodes to ask for next: the heaviest open ones, then guesses along their path to 0.5."""
+    open_nodes = sorted(
+        (t for t, m in unknown.items() if m >= min_branch), key=lambda t: -unknown[t]
+    )
+    asks = open_nodes[:budget]
+    if guess:
+        for text in open_nodes[:budget]:
+            for guessed in _rest_of_path(text):
+                if len(asks) < budget and guessed not in known and guessed not in asks:
+                    asks.append(guessed)
+    return asks
+
+
+def _rest_of_path(text: str) -> list[str]:
+    """The longer nodes ``text`` becomes on its way to "0.5" ("[" → "[0", "[0.")."""
+    rest = _strip_opening(text)
+    if not rest:
+        return [text + "0", text + "0."]
+    return [text + "."] if rest == "0" else []
 
 
 def _top_tokens(distribution: TokenDistribution, count: int = 5) -> tuple[tuple[str, float], ...]:

@@ -34,7 +34,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from traceguard._exceptions import ConfigurationError, ImageAccessDenied, ImageError
+from traceguard._exceptions import (
+    ConfigurationError,
+    ImageAccessDenied,
+    ImageError,
+    TraceguardError,
+)
 from traceguard._version import __version__
 
 if TYPE_CHECKING:
@@ -297,14 +302,16 @@ class ImageRef:
             ImageAccessDenied: the path or URL is not allowed by ``access``.
             ImageError: unreadable, too large, not a supported image, or corrupt.
         """
-        if self.kind == "url":
-            return _validated(_fetch(self.source, access), access, self._label())
-        return _validated(self._read_local(access), access, self._label())
+        with _contained(self._label()):
+            if self.kind == "url":
+                return _validated(_fetch(self.source, access), access, self._label())
+            return _validated(self._read_local(access), access, self._label())
 
     async def aload(self, access: ImageAccess) -> ImageRef:
         """Async :meth:`load`: remote fetches use ``httpx.AsyncClient``, file reads a thread."""
         if self.kind == "url":
-            return _validated(await _afetch(self.source, access), access, self._label())
+            with _contained(self._label()):
+                return _validated(await _afetch(self.source, access), access, self._label())
         return await asyncio.to_thread(self.load, access)
 
     def load_bytes(self, access: ImageAccess) -> bytes:
@@ -360,6 +367,23 @@ class ImageRef:
         data = self._in_memory_bytes()
         assert data is not None  # bytes and pil kinds
         return data
+
+
+@contextmanager
+def _contained(label: str) -> Iterator[None]:
+    """Make any failure to load an image an :class:`ImageError`.
+
+    The sources are hostile: a path with a NUL byte, a redirect to an unparseable URL or a file
+    that trips a decoder bug raise ValueError, httpx.InvalidURL, IndexError... Callers rely on
+    ImageError to fail one trace as invalid input rather than the whole batch. Only the type is
+    kept: such messages may quote the URL, secrets included.
+    """
+    try:
+        yield
+    except TraceguardError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"{label} cannot be loaded ({type(exc).__name__})") from None
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -546,7 +570,7 @@ def _read_file(path: Path, access: ImageAccess) -> bytes:
     candidate = path if path.is_absolute() or access.root is None else access.root / path
     try:
         resolved = candidate.resolve(strict=True)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # ValueError: a NUL byte in the path
         raise ImageError(f"{label} cannot be opened: {type(exc).__name__}") from None
     if access.root is not None and not access.allow_any_path:
         root = access.root.resolve()
@@ -601,6 +625,32 @@ def _checked_target(url: str, access: ImageAccess) -> tuple[httpx.URL, str]:
     return parsed, shown
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits and that a gateway may
+# translate to it: NAT64 (RFC 6052 well-known and RFC 8215 local-use) and the deprecated
+# IPv4-compatible form. Python calls these global, whatever IPv4 address they embed.
+_IPV4_EMBEDDING = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv6Network("::/96"),
+)
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True for a global unicast address that embeds no private IPv4 address."""
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return True
+    if address.is_site_local:  # fec0::/10: deprecated, yet still routed inside some networks
+        return False
+    embedded = [address.ipv4_mapped, address.sixtofour]
+    if address.teredo is not None:
+        embedded.extend(address.teredo)
+    if any(address in network for network in _IPV4_EMBEDDING):
+        embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return all(inner is None or _is_public(inner) for inner in embedded)
+
+
 def _check_addresses(addresses: Iterable[str], access: ImageAccess, shown: str) -> None:
     """Refuse hosts that resolve to anything but public unicast addresses."""
     if access.allow_private_hosts:
@@ -609,9 +659,7 @@ def _check_addresses(addresses: Iterable[str], access: ImageAccess, shown: str) 
     for text in addresses:
         found = True
         address = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone id
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:
+        if not _is_public(address):
             raise ImageAccessDenied(
                 f"image URL {shown!r} resolves to a non-public address "
                 "(set ImageAccess.allow_private_hosts to allow it)"
@@ -704,7 +752,7 @@ def _fetch(url: str, access: ImageAccess) -> bytes:
             if not access.allow_private_hosts:
                 try:
                     infos = socket.getaddrinfo(target.host, _port(target), type=socket.SOCK_STREAM)
-                except OSError:
+                except (OSError, UnicodeError):  # UnicodeError: a DNS label over 63 bytes
                     raise _resolve_failed(shown) from None
                 _check_addresses(_sockaddrs(infos), access, shown)
             with client.stream("GET", target) as response:
@@ -732,7 +780,7 @@ async def _afetch(url: str, access: ImageAccess) -> bytes:
                         infos = await loop.getaddrinfo(
                             target.host, _port(target), type=socket.SOCK_STREAM
                         )
-                    except OSError:
+                    except (OSError, UnicodeError):
                         raise _resolve_failed(shown) from None
                     _check_addresses(_sockaddrs(infos), access, shown)
                 async with client.stream("GET", target) as response:

@@ -184,12 +184,21 @@ class Policy(_Config):
         it ``Decision.thinking``/``response`` are None.
         """
         if not verdict.is_ok:
-            action = getattr(self, verdict.status.value)
-            phrase = _STATUS_PHRASE[verdict.status]
+            status = verdict.status
+            if not isinstance(status, AuditStatus) or status not in _STATUS_PHRASE:
+                # Not a failed AuditStatus (a hand-built verdict): the audit still failed.
+                status = AuditStatus.AUDITOR_ERROR
+            action = getattr(self, status.value)
+            phrase = _STATUS_PHRASE[status]
             if verdict.error is not None:
                 message = _shorten(verdict.error.message)
                 phrase = f"{phrase} ({verdict.error.type}: {message})"
             return self._build(action, phrase, verdict, trace)
+        if not isinstance(verdict.label, Label) or verdict.risk != verdict.label.risk:
+            # OK without a usable level (built by hand, or decoded from a damaged cache): no one
+            # knows the risk, which is an auditor failure, never a reason to allow.
+            phrase = f"malformed OK verdict (risk {verdict.risk!r}, label {verdict.label!r})"
+            return self._build(self.auditor_error, phrase, verdict, trace)
 
         label, why = self._grade(verdict)
         action, by_category = self._level_action(label, verdict.categories)
@@ -210,7 +219,7 @@ class Policy(_Config):
 
     def _grade(self, verdict: Verdict) -> tuple[Label, str]:
         """The level to act on, and why it differs from the auditor's (empty when it does not)."""
-        assert verdict.label is not None  # an OK verdict always has one
+        assert verdict.label is not None  # decide() checked it
         probs = _normalised(verdict.probabilities)
         if self.thresholds is None or probs is None:
             return verdict.label, ""

@@ -53,6 +53,14 @@ _COLUMNS = (
 )
 
 
+def _storable(text: str | None) -> str | None:
+    """``text`` as SQLite can store it: a lone surrogate (from hostile input) becomes ``\\udXXX``
+    instead of failing the insert and losing the escalation."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass(frozen=True)
 class Escalation:
     """One stored escalation and, once settled, its resolution."""
@@ -161,12 +169,12 @@ class ReviewQueue(Sink):
                 (
                     record.record_id,
                     record.iso_time,
-                    record.trace_id,
+                    _storable(record.trace_id),
                     record.content_hash,
                     decision.action.value,
                     decision.disposition.value,
-                    decision.reason,
-                    json.dumps(decision.verdict.to_dict(), ensure_ascii=False, default=str),
+                    _storable(decision.reason),
+                    json.dumps(decision.verdict.to_dict(), ensure_ascii=True, default=str),
                 ),
             )
 

@@ -95,6 +95,15 @@ class AuditRecord:
         """One line of JSON (no newline inside)."""
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str)
 
+    def to_json_bytes(self) -> bytes:
+        """:meth:`to_json` as UTF-8, always encodable.
+
+        Audited or auditor-made text may hold a lone surrogate, which UTF-8 cannot encode; it
+        becomes the JSON escape ``\\udXXX`` (JSON output only has them inside strings), so the
+        line stays valid JSON and decodes back to the same string.
+        """
+        return self.to_json().encode("utf-8", "backslashreplace")
+
 
 class Sink(abc.ABC):
     """Receives audit records. Implementations must be thread-safe.
@@ -141,7 +150,7 @@ class JsonlSink(Sink):
         )
 
     def emit(self, record: AuditRecord) -> None:
-        data = (record.to_json() + "\n").encode("utf-8")
+        data = record.to_json_bytes() + b"\n"
         with self._lock:
             if self._fd is None:
                 raise SinkError(f"JsonlSink({self.path}) is closed")
@@ -268,7 +277,7 @@ class WebhookSink(Sink):
             raise SinkError(f"webhook {self._origin} rejected the record: HTTP {status}")
 
     def emit(self, record: AuditRecord) -> None:
-        body = record.to_json().encode("utf-8")
+        body = record.to_json_bytes()
         try:
             # A copy per call: a Retrying object keeps per-run state, and emit runs on many threads.
             self._retrying.copy()(self._post_once, body)

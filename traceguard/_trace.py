@@ -80,7 +80,11 @@ class Trace:
                 for t in self.history
             ],
         }
-        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        # surrogatepass: a lone surrogate (from a "\ud800" escape in a JSON log) must hash, not
+        # raise out of a sink or the cache; valid text hashes exactly as plain UTF-8 would.
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode(
+            "utf-8", "surrogatepass"
+        )
         return hashlib.sha256(blob).hexdigest()
 
     def summary(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import asyncio
 import io
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,45 @@ def forced_tokens(backend: TransformersBackend, token_ids: list[int]) -> Iterato
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def last_token_model(
+    backend: TransformersBackend, table: Mapping[str, Mapping[str, float]]
+) -> Iterator[list[int]]:
+    """Turn the model into a lookup table: each position's next-token distribution depends only
+    on the token at that position (``table[token]``; uniform for tokens not in the table).
+
+    Test-only: a forward hook rewrites every logit row the model returns, so a backend reading the
+    wrong position gets the wrong distribution. Yields the row count of each forward call.
+    """
+    model = backend.model
+    tokenizer = backend.processor.tokenizer
+
+    def token_id(text: str) -> int:
+        [single] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return int(single)
+
+    rows_per_call: list[int] = []
+
+    def after(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
+        ids = kwargs["input_ids"]
+        logits = output.logits
+        kept = ids[:, ids.shape[1] - logits.shape[1] :]
+        logits.fill_(-1e4)
+        for token, probs in table.items():
+            row = torch.full((logits.shape[-1],), -1e4)
+            for next_token, p in probs.items():
+                row[token_id(next_token)] = math.log(p)
+            logits[kept == token_id(token)] = row
+        rows_per_call.append(int(ids.shape[0]))
+        return output
+
+    handle = model.register_forward_hook(after, with_kwargs=True)
+    try:
+        yield rows_per_call
+    finally:
+        handle.remove()
 
 
 # -- loading and plain generation -------------------------------------------------------------
@@ -266,6 +305,104 @@ def test_batch_equals_one_at_a_time_for_distributions(tiny_backend: Transformers
             assert value == pytest.approx(s.logprobs[key], abs=1e-4)
 
 
+JUDGMENT = "\u201cJudgment\u201d: "
+
+
+def test_nested_prefixes_share_one_pass_and_match_separate_passes(
+    tiny_backend: TransformersBackend,
+) -> None:
+    # Per trace (mixed image sizes, some without image): the three score-mode prefixes, a
+    # duplicate, and " [0", which tokenises differently at the seam (" [" is one token) and so
+    # must get a pass of its own.
+    suffixes = ["0.", "", "0", "0", "[0"]
+    requests = [
+        ChatRequest(messages=r.messages, assistant_prefix=JUDGMENT + suffix)
+        for r in mixed_requests()
+        for suffix in suffixes
+    ]
+    separate = [tiny_backend.next_token_logprobs([r], top_k=1024)[0] for r in requests]
+    counter: list[int] = []
+    handle = tiny_backend.model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: counter.append(int(kwargs["input_ids"].shape[0])),
+        with_kwargs=True,
+    )
+    try:
+        shared = tiny_backend.next_token_logprobs(requests, top_k=1024)
+    finally:
+        handle.remove()
+    # 40 requests → 16 prompts run (2 per trace), in batches of 8.
+    assert counter == [8, 8]
+    worst = 0.0
+    for got, want in zip(shared, separate, strict=True):
+        assert isinstance(got, TokenDistribution) and isinstance(want, TokenDistribution)
+        assert set(got.logprobs) == set(want.logprobs)
+        worst = max(worst, *(abs(v - want.logprobs[k]) for k, v in got.logprobs.items()))
+    # float32 rounding only (measured 8e-6 here; a padded batch alone moves logits that much).
+    assert worst < 2e-5
+    # The positions really differ: distributions after "", "0" and "0." are not the same.
+    first = shared[: len(suffixes)]
+    assert isinstance(first[0], TokenDistribution) and isinstance(first[1], TokenDistribution)
+    assert first[0].logprobs != first[1].logprobs
+
+
+def test_grouping_respects_the_batch_size_and_request_order(tiny_qwen_path: Path) -> None:
+    backend = TransformersBackend(tiny_qwen_path, batch_size=1)
+    try:
+        base = mixed_requests()[:3]
+        requests = [
+            ChatRequest(messages=r.messages, assistant_prefix=JUDGMENT + suffix)
+            for suffix in ("", "0", "0.")
+            for r in base
+        ]
+        table = {" ": {"0": 0.6, "1": 0.4}, "0": {".": 1.0}, ".": {"5": 1.0}}
+        with last_token_model(backend, table) as rows:
+            results = backend.next_token_logprobs(requests, top_k=3)
+        assert rows == [1, 1, 1]  # one single-row pass per trace
+        tops = []
+        for result in results:
+            assert isinstance(result, TokenDistribution)
+            tops.append(max(result.logprobs, key=lambda k: result.logprobs[k]))
+        assert tops == ["0"] * 3 + ["."] * 3 + ["5"] * 3
+    finally:
+        backend.close()
+
+
+def test_a_long_tail_gets_its_own_pass(tiny_backend: TransformersBackend) -> None:
+    # Sharing keeps logits for every tail position; past a bound a separate pass is cheaper.
+    base = request("Current Task Query: fine", png(64, 64))
+    near, far = JUDGMENT + "0", JUDGMENT + "0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1"
+    reqs = [ChatRequest(messages=base.messages, assistant_prefix=p) for p in (JUDGMENT, near, far)]
+    rows: list[int] = []
+    handle = tiny_backend.model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: rows.append(int(kwargs["input_ids"].shape[0])), with_kwargs=True
+    )
+    try:
+        results = tiny_backend.next_token_logprobs(reqs, top_k=4)
+    finally:
+        handle.remove()
+    assert all(isinstance(r, TokenDistribution) for r in results)
+    assert rows == [2]  # "far" and ("" + "0") in one batch of two prompts
+
+
+def test_an_unpreparable_request_does_not_break_its_group(
+    tiny_backend: TransformersBackend,
+) -> None:
+    good = request("Current Task Query: fine", png(64, 64))
+    bad = request("Current Task Query: broken", ImageRef.from_bytes(b"\x89PNG\r\n\x1a\nnope"))
+    reqs = [
+        ChatRequest(messages=r.messages, assistant_prefix=JUDGMENT + suffix)
+        for r in (good, bad)
+        for suffix in ("", "0")
+    ]
+    results = tiny_backend.next_token_logprobs(reqs, top_k=4)
+    assert [type(r).__name__ for r in results] == [
+        "TokenDistribution",
+        "TokenDistribution",
+        "AuditorError",
+        "AuditorError",
+    ]
+
+
 def test_top_k_must_be_positive(tiny_backend: TransformersBackend) -> None:
     with pytest.raises(ValueError, match="top_k"):
         tiny_backend.next_token_logprobs([request("q")], top_k=0)
@@ -295,6 +432,29 @@ def test_long_user_text_is_cut_in_the_middle(tiny_qwen_path: Path) -> None:
         assert "[...]" in rendered and rendered.endswith(
             tail + "<|im_end|>\n<|im_start|>assistant\n"
         )
+    finally:
+        backend.close()
+
+
+def test_truncated_score_prompts_match_separate_passes(tiny_qwen_path: Path) -> None:
+    # Each prefix length is cut on its own, so the cuts can differ and the prompts stop nesting:
+    # whatever the grouping decides, every answer must equal a pass over that request alone.
+    backend = TransformersBackend(tiny_qwen_path, max_input_tokens=80)
+    try:
+        text = "Current Task Query: START" + " bread" * 300 + " the END"
+        base = request(text, png(64, 64))
+        reqs = [
+            ChatRequest(messages=base.messages, assistant_prefix=JUDGMENT + suffix)
+            for suffix in ("", "0", "0.")
+        ]
+        runtime = backend._ensure_loaded()
+        assert all(backend._prepare(runtime, r).truncated for r in reqs)
+        shared = backend.next_token_logprobs(reqs, top_k=1024)
+        separate = [backend.next_token_logprobs([r], top_k=1024)[0] for r in reqs]
+        for got, want in zip(shared, separate, strict=True):
+            assert isinstance(got, TokenDistribution) and isinstance(want, TokenDistribution)
+            assert got.logprobs.keys() == want.logprobs.keys()
+            assert max(abs(v - want.logprobs[k]) for k, v in got.logprobs.items()) < 2e-5
     finally:
         backend.close()
 
@@ -645,13 +805,50 @@ def test_guardtrace_score_mode_on_the_raw_model(tiny_backend: TransformersBacken
     assert first.risk == second.risk
 
 
+def test_guardtrace_score_mode_costs_one_prefill_per_trace(tiny_qwen_path: Path) -> None:
+    from traceguard.auditors.guardtrace import GuardTraceAuditor
+
+    # A stand-in model whose tokenizer writes "0.5" as "0", ".", "5", like Qwen's.
+    table = {
+        " ": {"0": 0.6, "1": 0.3, ".": 0.1},
+        "0": {".": 0.4, "\n": 0.6},
+        ".": {"5": 0.9, "0": 0.1},
+    }
+    p1, p05, p0 = 0.3, 0.6 * 0.4 * 0.9, 0.6 * 0.6 + 0.6 * 0.4 * 0.1
+    total = p0 + p05 + p1
+    traces = [
+        guardtrace_trace(),
+        Trace(query="q", thinking="t", response="r", images=(png(200, 200),)),
+        Trace(query="a longer question " * 5, thinking="t", response="r"),
+    ]
+    for batch_size, expected_rows in ((8, [3]), (1, [1, 1, 1])):
+        backend = TransformersBackend(tiny_qwen_path, batch_size=batch_size)
+        auditor = GuardTraceAuditor(backend, mode="score")
+        try:
+            with last_token_model(backend, table) as rows:
+                verdicts = auditor.audit_batch(traces)
+        finally:
+            auditor.close()
+        # One forward pass row per trace: the prefix, "0" and "0." were read from it.
+        assert rows == expected_rows
+        for verdict in verdicts:
+            assert verdict.status is AuditStatus.OK, verdict
+            assert verdict.details["score_rounds"] == 1
+            assert verdict.details["score_requests"] == 3
+            assert verdict.probabilities is not None
+            assert dict(verdict.probabilities) == pytest.approx(
+                {"0": p0 / total, "0.5": p05 / total, "1": p1 / total}, abs=1e-6
+            )
+            assert verdict.risk == 0.0
+
+
 def test_guardtrace_score_mode_reads_a_forced_level(tiny_backend: TransformersBackend) -> None:
     from traceguard.auditors.guardtrace import GuardTraceAuditor
 
-    [one] = tiny_backend.processor.tokenizer("1", add_special_tokens=False)["input_ids"]
     auditor = GuardTraceAuditor(tiny_backend, mode="score")
-    with forced_tokens(tiny_backend, [one]):
+    with last_token_model(tiny_backend, {" ": {"1": 1.0}}) as rows:
         verdict = auditor.audit(guardtrace_trace())
+    assert rows == [1]
     assert verdict.status is AuditStatus.OK
     assert verdict.risk == 1.0
     assert verdict.probabilities is not None and verdict.probabilities["1"] == pytest.approx(1.0)

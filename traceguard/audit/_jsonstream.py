@@ -18,6 +18,16 @@ __all__ = ["BadRecord", "RawRecord", "iter_json_array", "iter_json_lines", "iter
 _CHUNK = 64 * 1024
 _DECODER = json.JSONDecoder()
 _WHITESPACE = " \t\r\n"
+# Valid JSON the decoder still refuses: nesting deeper than the interpreter's recursion limit,
+# an integer over ``sys.get_int_max_str_digits()``. A hostile log may hold either; each is one
+# bad record, never the end of the run. (JSONDecodeError is a ValueError: catch it first.)
+_UNDECODABLE = (RecursionError, ValueError)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split(";", 1)[0][:200]
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ def iter_json_lines(
             yield BadRecord(number, f"line is not valid UTF-8: {exc.reason}")
         except json.JSONDecodeError as exc:
             yield BadRecord(number, f"line is not valid JSON: {exc.msg} (column {exc.colno})")
+        except _UNDECODABLE as exc:
+            yield BadRecord(number, f"line cannot be decoded: {_why(exc)}")
         else:
             yield RawRecord(number, value)
 
@@ -144,6 +156,15 @@ def iter_json_array(
                     yield BadRecord(
                         line,
                         f"array element is not valid JSON: {exc.msg}; the rest of the file is"
+                        " not read",
+                        fatal=True,
+                    )
+                    return
+                except _UNDECODABLE as exc:
+                    # Where the element ends is unknown, so nothing after it can be trusted.
+                    yield BadRecord(
+                        line,
+                        f"array element cannot be decoded: {_why(exc)}; the rest of the file is"
                         " not read",
                         fatal=True,
                     )

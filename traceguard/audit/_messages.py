@@ -109,7 +109,11 @@ class ImageResolver:
         if value.startswith(("http://", "https://")):
             return ImageRef.parse(value), value
         path_text = value[len("file://") :] if value.startswith("file://") else value
-        path = (self.root / path_text).resolve()
+        try:
+            path = (self.root / path_text).resolve()
+        except (OSError, RuntimeError, ValueError) as exc:
+            # A NUL byte (ValueError), a symlink loop, a name too long: one bad record.
+            raise InputError(f"image path {value[:200]!r} cannot be resolved: {exc}") from None
         if not path.is_relative_to(self.root):
             raise ImageAccessDenied(f"image path {value!r} is outside the image root {self.root}")
         return ImageRef.from_path(path), str(path)

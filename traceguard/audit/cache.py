@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from traceguard._exceptions import ConfigurationError
+from traceguard._images import ImageRef
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 
@@ -30,9 +32,29 @@ _COMMIT_EVERY = 200
 
 
 def cache_key(trace: Trace, auditor: str, mode: str) -> str:
-    """The cache key of a trace for one auditor and mode."""
-    blob = json.dumps([trace.content_hash(), auditor, mode]).encode("utf-8")
+    """The cache key of a trace for one auditor and mode.
+
+    Image files are named by path in :meth:`Trace.content_hash`; their size, modification time
+    and inode join the key, so an image replaced under the same name between two runs is
+    audited again instead of inheriting the verdict about the old picture.
+    """
+    files = [_file_stamp(image) for turn in _image_lists(trace) for image in turn]
+    blob = json.dumps([trace.content_hash(), auditor, mode, files]).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
+
+
+def _image_lists(trace: Trace) -> list[tuple[ImageRef, ...]]:
+    return [trace.images, *(turn.images for turn in trace.history)]
+
+
+def _file_stamp(image: ImageRef) -> list[int] | None:
+    if image.kind != "path":
+        return None  # in-memory images are hashed by content already
+    try:
+        info = os.stat(image.source)
+    except (OSError, ValueError):
+        return [-1, -1, -1]  # unreadable now: the audit will say so (not cached)
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
 
 
 def _encode(verdict: Verdict) -> str:
@@ -97,7 +119,8 @@ class VerdictCache:
             # A corrupt or outdated entry is a miss, never a verdict.
             self.misses += 1
             return None
-        if not verdict.is_ok:
+        if not verdict.is_ok or verdict.label is None or verdict.risk != verdict.label.risk:
+            # Only well-formed OK verdicts are ever stored; anything else is damage, not a risk.
             self.misses += 1
             return None
         self.hits += 1

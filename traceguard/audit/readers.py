@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import IO, Any, Literal, cast, get_args
 
-from traceguard._exceptions import ConfigurationError, InputError
+from traceguard._exceptions import ConfigurationError
 from traceguard._trace import Trace
 from traceguard._verdict import ErrorInfo
 from traceguard.audit._batch import (
@@ -162,10 +162,7 @@ class LogReader:
         index = BatchOutputIndex(self.batch_output) if self.batch_output is not None else None
         try:
             with self.path.open("rb") as fh:
-                array = self.format in ("sharegpt", "guardtrace", "openai") and (
-                    first_significant_byte(fh) == b"["
-                )
-                for record in iter_records(fh, array=array, counter=self.counter):
+                for record in self._records(fh):
                     if isinstance(record, BadRecord):
                         yield LogItem.invalid(
                             f"{self.display_path}:{record.line}",
@@ -178,6 +175,22 @@ class LogReader:
         finally:
             if index is not None:
                 index.close()
+
+    def _records(self, fh: IO[bytes]) -> Iterator[RawRecord | BadRecord]:
+        """The file's JSON records: a top-level array, or JSON Lines.
+
+        A file opening with ``[`` is an array unless its first lines are JSON values on their
+        own: then it is JSON Lines whose first line happens to start with ``[`` (a damaged or
+        hostile line). Read as one array, its first bad element would end the file, and every
+        real record after it would be lost.
+        """
+        array = (
+            self.format in ("sharegpt", "guardtrace", "openai")
+            and first_significant_byte(fh) == b"["
+            and not _looks_like_json_lines(fh)
+        )
+        fh.seek(0)
+        return iter_records(fh, array=array, counter=self.counter)
 
     def _record_items(self, record: RawRecord, index: BatchOutputIndex | None) -> Iterator[LogItem]:
         fallback_id = f"{self.display_path}:{record.line}"
@@ -199,7 +212,9 @@ class LogReader:
                     expected_risk=expected,
                     model=model,
                 )
-        except (InputError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except Exception as exc:
+            # Not only InputError: whatever one hostile record makes a parser raise (a ValueError
+            # from the OS, a RecursionError from nesting) must cost that record, not the run.
             kind = "MalformedRecord" if isinstance(exc, ShapeError) else type(exc).__name__
             yield LogItem(
                 id=base_id,
@@ -328,6 +343,41 @@ class LogReader:
                     expected_risk=expected,
                     images=last.images,
                 )
+
+
+_SCAN_LINES = 64
+_SCAN_LINE_BYTES = 1 << 20
+
+
+def _looks_like_json_lines(fh: IO[bytes]) -> bool:
+    """Whether two of the first lines of ``fh`` are each a whole, non-empty JSON object.
+
+    Never true of a JSON array as written by ``json.dump`` (elements span lines, or end in
+    commas); a compact one-line array is one line. Lines over 1 MiB are skipped unparsed, so a
+    huge one-line array is not loaded into memory here.
+    """
+    fh.seek(0)
+    whole = 0
+    for _ in range(_SCAN_LINES):
+        line = fh.readline(_SCAN_LINE_BYTES)
+        if not line:
+            break
+        if len(line) == _SCAN_LINE_BYTES and not line.endswith(b"\n"):
+            while (rest := fh.readline(_SCAN_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            continue
+        try:
+            value = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        # Records of these formats are objects; a bare number or string on a line of its own
+        # also occurs inside a pretty-printed array (an element of a nested list).
+        if not isinstance(value, dict) or not value:
+            continue
+        whole += 1
+        if whole >= 2:
+            return True
+    return False
 
 
 def _with_id(trace: Trace, trace_id: str) -> Trace:

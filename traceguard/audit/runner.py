@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 from traceguard._auditor import Auditor
 from traceguard._exceptions import ConfigurationError
@@ -231,21 +231,8 @@ def run_audit(
     Raises:
         ConfigurationError: bad options, missing inputs, or an output that cannot be resumed.
     """
-    run = _Run(
-        inputs,
-        out,
-        auditor=auditor,
-        policy=policy,
-        format=format,
-        image_root=image_root,
-        batch_output=batch_output,
-        concurrency=concurrency,
-        batch_size=batch_size,
-        resume=resume,
-        cache=cache,
-        report=report,
-        progress=progress,
-    )
+    # ``_Run`` takes exactly these parameters; as the first statement, locals() holds only them.
+    run = _Run(**locals())
     try:
         _drive_threads(run.pipeline, run.auditor, run.concurrency)
     except BaseException:
@@ -257,20 +244,15 @@ def run_audit(
 def _drive_threads(pipeline: Pipeline, auditor: Auditor, concurrency: int) -> None:
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="traceguard-audit") as pool:
         in_flight: dict[Future[list[Verdict]], Job] = {}
+
+        def submit(job: Job) -> Future[list[Verdict]]:
+            return pool.submit(auditor.audit_batch, job.traces)
+
         try:
-            while True:
-                while len(in_flight) < concurrency:
-                    job = pipeline.next_job()
-                    if job is None:
-                        break
-                    in_flight[pool.submit(auditor.audit_batch, job.traces)] = job
-                if not in_flight:
-                    break
+            while _submit(pipeline, in_flight, concurrency, submit):
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in done:
-                    job = in_flight.pop(future)
-                    exc = future.exception()
-                    pipeline.complete(job, exc if exc is not None else future.result())
+                    pipeline.complete(in_flight.pop(future), _outcome(future))
         finally:
             for future in in_flight:
                 future.cancel()
@@ -298,21 +280,8 @@ async def arun_audit(
     Prefer it for served auditors (native async HTTP, no thread per request in flight).
     Arguments are those of :func:`run_audit`.
     """
-    run = _Run(
-        inputs,
-        out,
-        auditor=auditor,
-        policy=policy,
-        format=format,
-        image_root=image_root,
-        batch_output=batch_output,
-        concurrency=concurrency,
-        batch_size=batch_size,
-        resume=resume,
-        cache=cache,
-        report=report,
-        progress=progress,
-    )
+    # ``_Run`` takes exactly these parameters; as the first statement, locals() holds only them.
+    run = _Run(**locals())
     try:
         await _drive_tasks(run.pipeline, run.auditor, run.concurrency)
     except BaseException:
@@ -323,30 +292,60 @@ async def arun_audit(
 
 async def _drive_tasks(pipeline: Pipeline, auditor: Auditor, concurrency: int) -> None:
     in_flight: dict[asyncio.Task[list[Verdict]], Job] = {}
+
+    def submit(job: Job) -> asyncio.Task[list[Verdict]]:
+        return asyncio.ensure_future(auditor.aaudit_batch(job.traces))
+
     try:
-        while True:
-            while len(in_flight) < concurrency:
-                job = pipeline.next_job()
-                if job is None:
-                    break
-                task = asyncio.ensure_future(auditor.aaudit_batch(job.traces))
-                in_flight[task] = job
-            if not in_flight:
-                break
+        while _submit(pipeline, in_flight, concurrency, submit):
             done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                job = in_flight.pop(task)
-                if task.cancelled():  # cancelled from inside the auditor, not by this run
-                    pipeline.complete(job, asyncio.CancelledError("auditor call was cancelled"))
-                    continue
-                exc = task.exception()
-                pipeline.complete(job, exc if exc is not None else task.result())
+                pipeline.complete(in_flight.pop(task), _outcome(task))
     finally:
         for task in in_flight:
             task.cancel()
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
     _check_drained(pipeline)
+
+
+_Call = TypeVar("_Call", bound=Hashable)
+
+
+def _submit(
+    pipeline: Pipeline,
+    in_flight: dict[_Call, Job],
+    concurrency: int,
+    submit: Callable[[Job], _Call],
+) -> bool:
+    """Start auditor calls until ``concurrency`` are in flight or no job is ready.
+
+    Returns False when nothing is in flight, i.e. the run is over.
+    """
+    while len(in_flight) < concurrency:
+        job = pipeline.next_job()
+        if job is None:
+            break
+        in_flight[submit(job)] = job
+    return bool(in_flight)
+
+
+class _Done(Protocol):
+    """A finished auditor call: a thread pool future or an asyncio task."""
+
+    def cancelled(self) -> bool: ...
+
+    def exception(self) -> BaseException | None: ...
+
+    def result(self) -> list[Verdict]: ...
+
+
+def _outcome(call: _Done) -> list[Verdict] | BaseException:
+    """What the auditor answered: its verdicts, or the exception it raised."""
+    if call.cancelled():  # from inside the auditor: this run cancels only calls it abandons
+        return asyncio.CancelledError("auditor call was cancelled")
+    exc = call.exception()
+    return exc if exc is not None else call.result()
 
 
 def _check_drained(pipeline: Pipeline) -> None:

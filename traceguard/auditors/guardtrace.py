@@ -59,7 +59,9 @@ class GuardTraceAuditor(Auditor):
         backend: the chat backend serving the model.
         mode: ``"full"`` generates the analysis and the judgment (slow, explains itself);
             ``"score"`` reads P(0), P(0.5), P(1) from the token probabilities right after the
-            judgment key (one prefill per step, no analysis; ``Verdict.probabilities`` is set).
+            judgment key (no analysis; ``Verdict.probabilities`` is set). It asks for the few
+            continuations it needs in one round, which the local backend answers with one
+            prefill per trace and a served one with concurrent, prefix-cached requests.
         prompts: prompt templates; the packaged ones by default.
         image_access: where images may be loaded from, and their limits.
         on_image_error: ``"invalid_input"`` fails the trace with ``INVALID_INPUT`` when one of its
@@ -296,7 +298,12 @@ class GuardTraceAuditor(Auditor):
             scores: JudgmentScores = stop.value
         except AuditorError as exc:
             return self._failed(AuditStatus.AUDITOR_ERROR, exc, details=details)
-        details.update(model=scores.model, score_requests=scores.requests, score_mass=scores.mass)
+        details.update(
+            model=scores.model,
+            score_requests=scores.requests,
+            score_rounds=scores.rounds,
+            score_mass=scores.mass,
+        )
         if scores.mass < self.min_mass:
             error = ParseError(
                 f"the levels hold {scores.mass:.3f} of the probability, below {self.min_mass}"

@@ -107,9 +107,14 @@ def read_completion(payload: Any, *, model: str, latency_ms: float) -> Completio
     """The completion in a ``chat.completion`` payload.
 
     Raises:
-        AuditorResponseError: no choices, no message, or no text in it.
+        AuditorResponseError: no choices, no message, no text in it, or an output cut at
+            ``max_tokens`` (``finish_reason: "length"``).
     """
     choice = _first_choice(payload)
+    if choice.get("finish_reason") == "length":
+        # The output stopped at max_tokens, not where the model ended it: a text cut right
+        # after "Judgment: 0" would read as safe when the model was writing "0.5".
+        raise AuditorResponseError("the auditor's output was cut at max_tokens")
     message = choice.get("message")
     if not isinstance(message, Mapping):
         raise AuditorResponseError("the first choice has no message")

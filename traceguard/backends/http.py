@@ -15,6 +15,7 @@ retry decision and the failover choice are shared (``_openai_wire``, ``_retry``,
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -66,6 +67,28 @@ _Reader = Callable[..., _T]
 
 DEFAULT_API_KEY_ENV = "TRACEGUARD_AUDITOR_API_KEY"
 OPENAI_TOP_LOGPROBS_LIMIT = 20
+
+
+_MIN_SECRET_CHARS = 8
+"""Shorter header values ("gzip", "1") are not worth scrubbing, and would mangle messages."""
+
+
+def _secrets_of(api_key: str | None, headers: Mapping[str, str]) -> tuple[str, ...]:
+    """Every credential-like string that must never appear in an error message, longest first.
+
+    Any header value may be a credential (``X-Api-Key``, a proxy token); for ``Bearer x`` and
+    ``Basic x`` the token alone is scrubbed too, since servers quote it without the scheme.
+    """
+    found = {api_key} if api_key else set()
+    for value in headers.values():
+        found.add(value)
+        scheme, _, token = value.partition(" ")
+        if token and scheme.lower() in ("bearer", "basic", "token"):
+            found.add(token.strip())
+    found.discard("application/json")
+    return tuple(
+        sorted((s for s in found if s and len(s) >= _MIN_SECRET_CHARS), key=len, reverse=True)
+    )
 
 
 class OpenAICompatibleBackend(ChatBackend):
@@ -146,6 +169,9 @@ class OpenAICompatibleBackend(ChatBackend):
         self._headers = dict(headers or {})
         if self._api_key:
             self._headers.setdefault("Authorization", f"Bearer {self._api_key}")
+        if not any(name.lower() == "content-type" for name in self._headers):
+            self._headers["Content-Type"] = "application/json"
+        self._secrets = _secrets_of(self._api_key, self._headers)
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._policy = RetryPolicy(
             max_attempts=1 + max_retries + len(self._endpoints.urls) - 1,
@@ -231,21 +257,29 @@ class OpenAICompatibleBackend(ChatBackend):
             raise ValueError("top_k must be at least 1")
         return min(top_k, self.max_top_logprobs)
 
-    def _bodies(
-        self, request: ChatRequest, *, logprobs: int | None
-    ) -> dict[str, Any] | AuditorError:
+    def _bodies(self, request: ChatRequest, *, logprobs: int | None) -> bytes | AuditorError:
         try:
             if logprobs is None:
-                return chat_body(request, model=self.model, extra_body=self._extra_body)
-            return logprobs_body(
-                request, model=self.model, extra_body=self._extra_body, top_logprobs=logprobs
-            )
+                body = chat_body(request, model=self.model, extra_body=self._extra_body)
+            else:
+                body = logprobs_body(
+                    request, model=self.model, extra_body=self._extra_body, top_logprobs=logprobs
+                )
         except TraceguardError as exc:
             # An image the auditor did not load: this request fails, the batch goes on.
             return AuditorError(f"cannot build the request: {exc}")
+        try:
+            # Encoded here, not by httpx inside the attempt: audited text may hold a lone
+            # surrogate ("\ud800" in a JSON log) that UTF-8 cannot encode, and that must fail
+            # this request alone, not raise out of the batch and fail every trace in it.
+            return json.dumps(
+                body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            return AuditorError(f"cannot encode the request: {type(exc).__name__}: {exc}")
 
-    def _post_kwargs(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return {"url": f"{url}/chat/completions", "json": body, "headers": self._headers}
+    def _post_kwargs(self, url: str, body: bytes) -> dict[str, Any]:
+        return {"url": f"{url}/chat/completions", "content": body, "headers": self._headers}
 
     def _classify(self, url: str, response: httpx.Response | httpx.HTTPError) -> Outcome:
         where = self._endpoints.shown[url]
@@ -281,8 +315,11 @@ class OpenAICompatibleBackend(ChatBackend):
             return exc
 
     def _scrub(self, text: str) -> str:
-        # Belt and braces: a server (or proxy) echoing our headers back must not leak the key.
-        return text.replace(self._api_key, "***") if self._api_key else text
+        # Belt and braces: a server (or proxy) echoing our headers back must not leak the key,
+        # nor any other credential passed as a header (``X-Api-Key``, a custom bearer token).
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def _closed_error(self) -> AuditorError:
         return AuditorUnavailable(f"{self.name}: the backend is closed")
@@ -310,7 +347,7 @@ class OpenAICompatibleBackend(ChatBackend):
             return self._executor
 
     def _run_batch(
-        self, bodies: Sequence[dict[str, Any] | AuditorError], reader: _Reader[_T]
+        self, bodies: Sequence[bytes | AuditorError], reader: _Reader[_T]
     ) -> list[_T | AuditorError]:
         if self._closed:
             return [self._closed_error() for _ in bodies]
@@ -319,7 +356,7 @@ class OpenAICompatibleBackend(ChatBackend):
         executor = self._sync_executor()
         return list(executor.map(lambda body: self._one(body, reader), bodies))
 
-    def _one(self, body: dict[str, Any] | AuditorError, reader: _Reader[_T]) -> _T | AuditorError:
+    def _one(self, body: bytes | AuditorError, reader: _Reader[_T]) -> _T | AuditorError:
         if isinstance(body, AuditorError):
             return body
         started = time.perf_counter()
@@ -356,15 +393,13 @@ class OpenAICompatibleBackend(ChatBackend):
             return pool
 
     async def _arun_batch(
-        self, bodies: Sequence[dict[str, Any] | AuditorError], reader: _Reader[_T]
+        self, bodies: Sequence[bytes | AuditorError], reader: _Reader[_T]
     ) -> list[_T | AuditorError]:
         if self._closed:
             return [self._closed_error() for _ in bodies]
         return list(await asyncio.gather(*(self._aone(body, reader) for body in bodies)))
 
-    async def _aone(
-        self, body: dict[str, Any] | AuditorError, reader: _Reader[_T]
-    ) -> _T | AuditorError:
+    async def _aone(self, body: bytes | AuditorError, reader: _Reader[_T]) -> _T | AuditorError:
         if isinstance(body, AuditorError):
             return body
         started = time.perf_counter()

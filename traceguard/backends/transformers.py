@@ -12,6 +12,12 @@ What one call does, per batch of ``batch_size`` requests:
    image or a template token — and mark the result ``truncated``;
 3. left-pad the batch and run one greedy ``generate`` (or one forward pass for token scores).
 
+Token scores share prefills: requests with the same messages whose prompts (after tokenisation)
+are prefixes of one another — score mode asks for "“Judgment”: ", "“Judgment”: 0" and
+"“Judgment”: 0." at once — are answered from one forward pass over the longest, read at each
+shorter prompt's last position. Causal attention makes those logits the ones a separate pass
+would give.
+
 Audited text is hostile: strings that spell the model's control tokens (``<|im_end|>``,
 ``<|image_pad|>``, ...) are defused before tokenisation, so a trace cannot close its own turn or
 forge an assistant answer.
@@ -24,14 +30,15 @@ import math
 import re
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from traceguard._exceptions import AuditorError, AuditorUnavailable, ConfigurationError
 from traceguard.backends._base import (
     ChatBackend,
+    ChatMessage,
     ChatRequest,
     ChatResult,
     Completion,
@@ -56,6 +63,10 @@ _DTYPES = {
 }
 # Inserted after the "<" of a control-token lookalike: invisible, and it breaks the exact match.
 _DEFUSE = "\u200b"
+# A shared pass keeps logits for its last (longest tail + 1) positions over the whole vocabulary
+# (~152k for Qwen) in every row of the batch; beyond this tail a request gets a pass of its own.
+# Score mode's tails are 1-2 tokens.
+_MAX_SHARED_TAIL = 16
 
 
 @dataclass
@@ -71,6 +82,8 @@ class _Runtime:
     eos_ids: frozenset[int]
     pad_id: int
     control_tokens: re.Pattern[str] | None
+    vision_ids: frozenset[int] = frozenset()
+    """Placeholder tokens the processor expands per image; a shared tail must not hold any."""
 
 
 @dataclass
@@ -82,6 +95,27 @@ class _Prepared:
     prompt_tokens: int
     truncated: bool
     max_new_tokens: int
+    text_ids: list[int]
+    """Token ids of ``text`` before the processor expands each image placeholder."""
+
+
+_VisionCache = dict[tuple[ChatMessage, ...], tuple[list[Any], int]]
+"""Per call: resized images and their extra token count, by message list (score mode asks for
+several prefixes of one conversation; its images are processed once)."""
+
+
+@dataclass
+class _ScoreGroup:
+    """Score requests answered by one forward pass over the longest prompt among them."""
+
+    prepared: _Prepared
+    """The longest prompt, the one that runs."""
+    members: list[tuple[int, int]] = field(default_factory=list)
+    """(request index, tokens between that request's last token and the end of the prompt)."""
+
+
+_Unit = TypeVar("_Unit")
+_Out = TypeVar("_Out")
 
 
 class TransformersBackend(ChatBackend):
@@ -242,6 +276,7 @@ class TransformersBackend(ChatBackend):
             eos_ids=frozenset(eos_ids),
             pad_id=int(pad_id),
             control_tokens=_control_token_pattern(tokenizer),
+            vision_ids=_vision_ids(tokenizer),
         )
 
     def _torch_dtype(self, torch: Any) -> Any:
@@ -271,46 +306,118 @@ class TransformersBackend(ChatBackend):
     def next_token_logprobs(
         self, requests: Sequence[ChatRequest], top_k: int = 20
     ) -> list[ScoreResult]:
-        """Log-probabilities of the ``top_k`` likeliest next tokens after each assistant prefix."""
+        """Log-probabilities of the ``top_k`` likeliest next tokens after each assistant prefix.
+
+        Requests that differ only in how far their assistant prefix goes share one forward pass
+        (see the module notes); ``batch_size`` counts those passes.
+        """
         if top_k < 1:
             raise ValueError("top_k must be at least 1")
         with self._lock:
             runtime = self._runtime_or_errors(len(requests))
             if isinstance(runtime, list):
                 return list(runtime)
+            results: list[ScoreResult | None] = [None] * len(requests)
+            ready = self._prepare_all(runtime, requests, results)
+            groups = self._group(runtime, requests, ready)
 
-            def score(rt: _Runtime, batch: list[_Prepared]) -> list[TokenDistribution]:
+            def score(rt: _Runtime, batch: list[_ScoreGroup]) -> list[list[TokenDistribution]]:
                 return self._score(rt, batch, top_k)
 
-            return self._run(runtime, requests, score)
+            outputs = self._in_batches(runtime, groups, score)
+            for group, output in zip(groups, outputs, strict=True):
+                for n, (i, _) in enumerate(group.members):
+                    results[i] = output if isinstance(output, AuditorError) else output[n]
+            return _filled(results)
 
-    def _run(self, runtime: _Runtime, requests: Sequence[ChatRequest], step: Any) -> list[Any]:
-        """Prepare every request, run ``step`` per batch; a failing batch is retried one by one."""
-        results: list[Any] = [None] * len(requests)
+    def _run(
+        self,
+        runtime: _Runtime,
+        requests: Sequence[ChatRequest],
+        step: Callable[[_Runtime, list[_Prepared]], list[Completion]],
+    ) -> list[ChatResult]:
+        """Prepare every request and run ``step`` on them, ``batch_size`` at a time."""
+        results: list[ChatResult | None] = [None] * len(requests)
+        ready = self._prepare_all(runtime, requests, results)
+        outputs = self._in_batches(runtime, [p for _, p in ready], step)
+        for (i, _), output in zip(ready, outputs, strict=True):
+            results[i] = output
+        return _filled(results)
+
+    def _prepare_all(
+        self, runtime: _Runtime, requests: Sequence[ChatRequest], results: list[Any]
+    ) -> list[tuple[int, _Prepared]]:
+        """The requests that could be prepared; the others get their error in ``results``."""
         ready: list[tuple[int, _Prepared]] = []
+        vision: _VisionCache = {}
         for i, request in enumerate(requests):
             try:
-                ready.append((i, self._prepare(runtime, request)))
+                ready.append((i, self._prepare(runtime, request, vision)))
             except Exception as exc:
                 results[i] = _as_auditor_error(exc)
-        for start in range(0, len(ready), self.batch_size):
-            chunk = ready[start : start + self.batch_size]
+        return ready
+
+    def _in_batches(
+        self,
+        runtime: _Runtime,
+        units: list[_Unit],
+        step: Callable[[_Runtime, list[_Unit]], list[_Out]],
+    ) -> list[_Out | AuditorError]:
+        """``step`` over ``batch_size`` units at a time; a failing batch is retried one by one."""
+        outputs: list[_Out | AuditorError] = []
+        for start in range(0, len(units), self.batch_size):
+            chunk = units[start : start + self.batch_size]
             try:
-                outputs = step(runtime, [p for _, p in chunk])
+                outputs.extend(step(runtime, chunk))
             except Exception:
-                outputs = []
-                for _, prepared in chunk:
+                # One bad input must not sink its neighbours: find it by running them alone.
+                for unit in chunk:
                     try:
-                        outputs.append(step(runtime, [prepared])[0])
+                        outputs.append(step(runtime, [unit])[0])
                     except Exception as exc:
                         outputs.append(_as_auditor_error(exc))
-            for (i, _), output in zip(chunk, outputs, strict=True):
-                results[i] = output
-        return results
+        return outputs
+
+    def _group(
+        self,
+        rt: _Runtime,
+        requests: Sequence[ChatRequest],
+        ready: list[tuple[int, _Prepared]],
+    ) -> list[_ScoreGroup]:
+        """Gather requests one forward pass can answer: same messages, nested token ids."""
+        by_messages: dict[tuple[ChatMessage, ...], list[tuple[int, _Prepared]]] = {}
+        for i, prepared in ready:
+            by_messages.setdefault(requests[i].messages, []).append((i, prepared))
+        groups: list[_ScoreGroup] = []
+        for items in by_messages.values():
+            left = sorted(items, key=lambda item: -len(item[1].text_ids))
+            while left:
+                (lead, prepared), *rest = left
+                long = prepared.text_ids
+                group = _ScoreGroup(prepared, [(lead, 0)])
+                left = []
+                for i, other in rest:
+                    short = other.text_ids
+                    # Shared text can still tokenise differently at the seam (" [" is one
+                    # token, " " + "[" two): only a true token prefix may share the pass.
+                    # The tail must hold no image placeholder, which the processor expands.
+                    tail = long[len(short) :]
+                    if (
+                        long[: len(short)] == short
+                        and len(tail) <= _MAX_SHARED_TAIL
+                        and not rt.vision_ids.intersection(tail)
+                    ):
+                        group.members.append((i, len(tail)))
+                    else:
+                        left.append((i, other))
+                groups.append(group)
+        return groups
 
     # -- preparing one request ----------------------------------------------------------------
 
-    def _prepare(self, rt: _Runtime, request: ChatRequest) -> _Prepared:
+    def _prepare(
+        self, rt: _Runtime, request: ChatRequest, vision: _VisionCache | None = None
+    ) -> _Prepared:
         if request.max_new_tokens < 1:
             raise AuditorError("max_new_tokens must be at least 1")
         messages: list[dict[str, Any]] = []
@@ -324,9 +431,6 @@ class TransformersBackend(ChatBackend):
                     content.append({"type": "image"})
                     refs.append(part.image)
             messages.append({"role": message.role, "content": content})
-        images = prepare_images(
-            [ref.to_pil() for ref in refs], min_pixels=self.min_pixels, max_pixels=self.max_pixels
-        )
         prefix = request.assistant_prefix or ""
 
         def render() -> str:
@@ -336,10 +440,23 @@ class TransformersBackend(ChatBackend):
             return text + prefix
 
         text = render()
-        encoded = rt.processor(text=[text], images=images or None, return_tensors="pt")
-        total = int(encoded["input_ids"].shape[1])
-        # Image placeholders expand to many tokens; this offset stays fixed while the text shrinks.
-        image_overhead = total - self._count(rt, text)
+        ids = self._ids(rt, text)
+        cached = vision.get(request.messages) if vision is not None else None
+        if cached is None:
+            images = prepare_images(
+                [ref.to_pil() for ref in refs],
+                min_pixels=self.min_pixels,
+                max_pixels=self.max_pixels,
+            )
+            encoded = rt.processor(text=[text], images=images or None, return_tensors="pt")
+            # Image placeholders expand to many tokens; the offset depends on the images only,
+            # so it stays fixed while the text shrinks and across assistant prefixes.
+            image_overhead = int(encoded["input_ids"].shape[1]) - len(ids)
+            if vision is not None:
+                vision[request.messages] = (images, image_overhead)
+        else:
+            images, image_overhead = cached
+        total = len(ids) + image_overhead
         truncated = False
         for _ in range(8):
             if total <= self.max_input_tokens:
@@ -351,14 +468,16 @@ class TransformersBackend(ChatBackend):
                 )
             truncated = True
             text = render()
-            total = self._count(rt, text) + image_overhead
+            ids = self._ids(rt, text)
+            total = len(ids) + image_overhead
         if total > self.max_input_tokens:
             raise AuditorError(f"could not cut the prompt to {self.max_input_tokens} tokens")
-        return _Prepared(text, images, total, truncated, request.max_new_tokens)
+        return _Prepared(text, images, total, truncated, request.max_new_tokens, ids)
 
     @staticmethod
-    def _count(rt: _Runtime, text: str) -> int:
-        return len(rt.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _ids(rt: _Runtime, text: str) -> list[int]:
+        ids: list[int] = rt.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
 
     # -- running a batch ----------------------------------------------------------------------
 
@@ -406,28 +525,50 @@ class TransformersBackend(ChatBackend):
             )
         return results
 
-    def _score(self, rt: _Runtime, batch: list[_Prepared], top_k: int) -> list[TokenDistribution]:
+    def _score(
+        self, rt: _Runtime, groups: list[_ScoreGroup], top_k: int
+    ) -> list[list[TokenDistribution]]:
         torch = rt.torch
         started = time.perf_counter()
-        inputs = self._encode(rt, batch)
+        inputs = self._encode(rt, [group.prepared for group in groups])
+        # Left padding puts every prompt's last token in the last column, so a member's position
+        # is counted from the right: keep only as many trailing positions as the deepest needs.
+        keep = 1 + max(offset for group in groups for _, offset in group.members)
+        rows = [row for row, group in enumerate(groups) for _ in group.members]
+        columns = [keep - 1 - offset for group in groups for _, offset in group.members]
         with torch.inference_mode():
-            # Left padding puts every prompt's last token in the last column: one logit row each.
-            logits = rt.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            logits = rt.model(**inputs, use_cache=False, logits_to_keep=keep).logits
+            index = (
+                torch.tensor(rows, device=logits.device),
+                torch.tensor(columns, device=logits.device),
+            )
+            picked = logits[index]
+            logprobs = torch.log_softmax(picked.float(), dim=-1)
             k = min(top_k, int(logprobs.shape[-1]))
             values, indices = torch.topk(logprobs, k, dim=-1)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        results = []
-        for row_values, row_ids in zip(values.tolist(), indices.tolist(), strict=True):
-            merged: dict[str, float] = {}
-            for logprob, token_id in zip(row_values, row_ids, strict=True):
-                key = rt.tokenizer.decode([token_id], skip_special_tokens=False)
-                # Distinct ids can decode to one string (partial UTF-8 bytes): add their mass.
-                merged[key] = _logaddexp(merged[key], logprob) if key in merged else logprob
-            results.append(
-                TokenDistribution(logprobs=merged, latency_ms=latency_ms, model=self.name)
+        distributions = [
+            TokenDistribution(
+                logprobs=self._merged(rt, row_values, row_ids),
+                latency_ms=latency_ms,
+                model=self.name,
             )
-        return results
+            for row_values, row_ids in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+        out: list[list[TokenDistribution]] = []
+        for group in groups:
+            out.append(distributions[: len(group.members)])
+            distributions = distributions[len(group.members) :]
+        return out
+
+    @staticmethod
+    def _merged(rt: _Runtime, values: list[float], token_ids: list[int]) -> dict[str, float]:
+        merged: dict[str, float] = {}
+        for logprob, token_id in zip(values, token_ids, strict=True):
+            key = rt.tokenizer.decode([token_id], skip_special_tokens=False)
+            # Distinct ids can decode to one string (partial UTF-8 bytes): add their mass.
+            merged[key] = _logaddexp(merged[key], logprob) if key in merged else logprob
+        return merged
 
 
 def _as_ids(value: Any) -> set[int]:
@@ -436,6 +577,21 @@ def _as_ids(value: Any) -> set[int]:
     if isinstance(value, int):
         return {value}
     return {int(v) for v in value}
+
+
+def _vision_ids(tokenizer: Any) -> frozenset[int]:
+    ids = set()
+    for token in ("<|image_pad|>", "<|video_pad|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return frozenset(ids)
+
+
+def _filled(results: list[Any]) -> list[Any]:
+    if any(result is None for result in results):
+        raise RuntimeError("a request was left without a result")  # a bug, not auditor trouble
+    return results
 
 
 def _until_eos(tokens: list[int], eos_ids: frozenset[int]) -> list[int]:
