@@ -379,3 +379,19 @@ def test_failed_verdicts_never_pass_unchanged_unless_spelled_out(
     assert decision.action is error_action
     assert decision.disposition is not Action.ALLOW
     assert decision.thinking is None
+
+
+def test_drop_thinking_without_thinking_falls_back_to_refusal() -> None:
+    # A redaction that removes nothing would ship the flagged response: never an allow in disguise.
+    from traceguard import Policy, Trace, Verdict
+
+    policy = Policy()
+    verdict = Verdict.ok(auditor="t", risk=0.5)
+    no_thinking = policy.decide(verdict, Trace(query="q", response="Step 1: the harmful part"))
+    assert no_thinking.redacted
+    assert no_thinking.response == policy.redaction.refusal_message
+    assert "no thinking to drop" in no_thinking.reason
+    blank = policy.decide(verdict, Trace(query="q", response="harm", thinking="  "))
+    assert blank.response == policy.redaction.refusal_message
+    with_thinking = policy.decide(verdict, Trace(query="q", response="fine", thinking="leak"))
+    assert with_thinking.thinking is None and with_thinking.response == "fine"

@@ -31,11 +31,6 @@ from traceguard.testing.openai_server import OpenAIServer, ScriptedResponse, cha
 SECTION_LABELS = ("Current Task Query:", "Current Task Thinking:", "Current Task Cleaned Response:")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_guardtrace.build_guardtrace_request does not defuse section labels forged inside "
-    "the audited text: a jailbroken thinking can open a fake 'Cleaned Response' section",
-)
 def test_forged_section_labels_do_not_reach_the_auditor_as_labels() -> None:
     forged = (
         "Step 1: gather the materials...\n"
@@ -70,12 +65,6 @@ class _CutInput(ChatBackend):
         raise NotImplementedError
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GuardTraceAuditor returns a plain OK verdict for an input the backend cut in the "
-    "middle (details['input_truncated']); padding a trace hides its harmful middle and the "
-    "default policy allows it",
-)
 def test_a_verdict_on_a_cut_input_is_not_allowed_by_default() -> None:
     auditor = GuardTraceAuditor(_CutInput())
     trace = Trace(

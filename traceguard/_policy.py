@@ -96,8 +96,9 @@ class Redaction(_Config):
     """What a redacted output looks like.
 
     ``drop_thinking`` removes the thinking and keeps the response; ``refuse`` also replaces the
-    response with ``refusal_message``. A trace without thinking passes its response unchanged
-    under ``drop_thinking``: pick ``refuse`` when the response itself may carry the harm.
+    response with ``refusal_message``. Under ``drop_thinking`` a trace *without* thinking falls
+    back to ``refuse``: removing nothing would pass the flagged response unchanged, which is an
+    allow in disguise. Pick ``refuse`` outright when the response itself may carry the harm.
     """
 
     strategy: Literal["drop_thinking", "refuse"] = "drop_thinking"
@@ -260,6 +261,13 @@ class Policy(_Config):
         if action is Action.ESCALATE:
             reason += f", held as {disposition.value}"
         thinking, response = self._output(disposition, trace)
+        if (
+            disposition is Action.REDACT
+            and trace is not None
+            and self.redaction.strategy == "drop_thinking"
+            and response != trace.response
+        ):
+            reason += " (no thinking to drop: response replaced by the refusal)"
         return Decision(
             action=action,
             reason=reason,
@@ -276,7 +284,8 @@ class Policy(_Config):
             return None, None
         if disposition is Action.ALLOW:
             return trace.thinking, trace.response
-        if self.redaction.strategy == "refuse":
+        has_thinking = bool(trace.thinking and trace.thinking.strip())
+        if self.redaction.strategy == "refuse" or not has_thinking:
             return None, self.redaction.refusal_message
         return None, trace.response
 

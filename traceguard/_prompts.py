@@ -113,11 +113,44 @@ class PromptSet:
         return self.system_binary if binary else self.system
 
     def render_user(self, *, query: str, thinking: str, response: str) -> str:
-        """Fill the user template. Braces in the values are kept as they are."""
-        values = {"query": query, "thinking": thinking, "response": response}
+        """Fill the user template. Braces in the values are kept as they are.
+
+        A line of audited text that starts like one of the template's own section labels (such
+        as ``Current Task Cleaned Response:``) gets a zero-width space in front, so a thinking
+        cannot open a forged, benign-looking section of its own.
+        """
+        labels = _section_labels(self.user)
+        values = {
+            "query": _defuse_labels(query, labels),
+            "thinking": _defuse_labels(thinking, labels),
+            "response": _defuse_labels(response, labels),
+        }
         # One regex pass over the template only: substituted text is never scanned again, so a
         # value containing "{response}" or "{" cannot inject into or break the template.
         return _PLACEHOLDER_RE.sub(lambda match: values[match.group(1)], self.user)
+
+
+_ZERO_WIDTH_SPACE = "\u200b"
+
+
+def _section_labels(template: str) -> tuple[str, ...]:
+    """The text before each placeholder on its line: the labels the auditor reads sections by."""
+    labels = []
+    for line in template.splitlines():
+        match = _PLACEHOLDER_RE.search(line)
+        if match is not None and line[: match.start()].strip():
+            labels.append(line[: match.start()].strip().casefold())
+    return tuple(labels)
+
+
+def _defuse_labels(text: str, labels: tuple[str, ...]) -> str:
+    if not labels:
+        return text
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if line.lstrip().casefold().startswith(labels):
+            lines[index] = _ZERO_WIDTH_SPACE + line
+    return "\n".join(lines)
 
 
 def _digest(*texts: str) -> str:

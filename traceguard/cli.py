@@ -6,8 +6,9 @@ Exit codes (``traceguard audit``; ``eval`` and ``report`` use 0 and 2 only):
 0     the run completed (without ``--fail-on``: whatever the verdicts; failures are in the file)
 1     ``--fail-on``: some trace was graded at or above the threshold
 2     usage or configuration error (bad option, missing file, unreadable policy, resume refused)
-3     ``--fail-on``: no trace over the threshold, but some could not be audited — an audit
-      error is not a pass
+3     traces were sent to the auditor and not one got a verdict (a dead ``--auditor-url``, a
+      missing ``--model`` folder), with or without ``--fail-on``; or ``--fail-on``: no trace
+      over the threshold, but some could not be audited — an audit error is not a pass
 130   interrupted (Ctrl-C); continue with ``--resume``
 ====  ==========================================================================================
 """
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="traceguard",
         description="Audit the reasoning traces and images of multimodal agents.",
         epilog="Exit codes: 0 ok, 1 --fail-on threshold hit, 2 usage error, "
-        "3 --fail-on with traces that could not be audited, 130 interrupted.",
+        "3 no trace could be audited (auditor failing), or --fail-on with traces that could not "
+        "be audited, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"traceguard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -192,9 +194,16 @@ def _audit(args: argparse.Namespace) -> int:
     summary = _run(args, Path(args.out), report=Path(args.report) if args.report else None)
     print(summary.table())
     code: int = summary.exit_code(args.fail_on)
+    if summary.nothing_audited:
+        print(
+            "traceguard: no trace could be audited: check the auditor "
+            f"({summary.first_auditor_error})",
+            file=sys.stderr,
+        )
     if code == EXIT_FAIL_ON:
-        print(f"traceguard: traces at or above {args.fail_on} found", file=sys.stderr)
-    elif code == EXIT_AUDIT_ERRORS:
+        also = f"; {summary.failed} traces could not be audited" if summary.failed else ""
+        print(f"traceguard: traces at or above {args.fail_on} found{also}", file=sys.stderr)
+    elif code == EXIT_AUDIT_ERRORS and not summary.nothing_audited:
         print(
             f"traceguard: {summary.failed} traces could not be audited (--fail-on)",
             file=sys.stderr,

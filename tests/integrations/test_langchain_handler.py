@@ -223,11 +223,13 @@ def test_redact_raises_by_default_and_passes_with_on_redact_allow(
     assert "cannot apply" in caplog.text
 
 
-def test_redact_with_nothing_to_remove_passes() -> None:
-    # drop_thinking on an answer without thinking changes nothing, so there is nothing to stop.
+def test_redact_without_thinking_to_drop_stops_the_run() -> None:
+    # drop_thinking on an answer without thinking would change nothing; the policy then replaces
+    # the response with the refusal, which a callback cannot do, so the run is stopped.
     _, _, guard = make([0.5])
     handler = TraceguardCallbackHandler(guard)
-    assert fake("plain").invoke("hi", config={"callbacks": [handler]}).content == "plain"
+    with pytest.raises(Blocked, match="no thinking to drop"):
+        fake("plain").invoke("hi", config={"callbacks": [handler]})
 
 
 def test_on_redact_is_validated() -> None:

@@ -69,7 +69,7 @@ def iter_json_lines(
         except UnicodeDecodeError as exc:
             yield BadRecord(number, f"line is not valid UTF-8: {exc.reason}")
         except json.JSONDecodeError as exc:
-            yield BadRecord(number, f"line is not valid JSON: {exc.msg} (column {exc.colno})")
+            yield BadRecord(number, f"line is not valid JSON: {_json_why(exc)} (column {exc.colno})")
         except _UNDECODABLE as exc:
             yield BadRecord(number, f"line cannot be decoded: {_why(exc)}")
         else:
@@ -155,7 +155,7 @@ def iter_json_array(
                         continue
                     yield BadRecord(
                         line,
-                        f"array element is not valid JSON: {exc.msg}; the rest of the file is"
+                        f"array element is not valid JSON: {_json_why(exc)}; the rest of the file is"
                         " not read",
                         fatal=True,
                     )
@@ -205,3 +205,10 @@ def iter_records(
     if array:
         return iter_json_array(fh, counter)
     return iter_json_lines(fh, counter)
+
+
+def _json_why(exc: json.JSONDecodeError) -> str:
+    # json's messages end in " at" ("Invalid control character at") with the position
+    # meant to follow; the callers give the position themselves.
+    msg = exc.msg
+    return msg[: -len(" at")] if msg.endswith(" at") else msg

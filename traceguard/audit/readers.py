@@ -22,8 +22,9 @@ item with a ``problem``, which the runner writes as an ``invalid_input`` record.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PosixPath, WindowsPath
 from typing import IO, Any, Literal, cast, get_args
 
 from traceguard._exceptions import ConfigurationError
@@ -53,12 +54,25 @@ from traceguard.audit._messages import (
     parse_expected_risk,
 )
 
-__all__ = ["FORMATS", "Format", "LogReader", "detect_format", "expand_inputs"]
+__all__ = ["FORMATS", "FolderFile", "Format", "LogReader", "detect_format", "expand_inputs"]
 
 Format = Literal["openai", "openai-batch", "sharegpt", "guardtrace", "langchain"]
 FORMATS: tuple[Format, ...] = get_args(Format)
 _LOG_SUFFIXES = (".jsonl", ".json")
 _DETECT_RECORDS = 20
+
+if sys.platform == "win32":  # pragma: no cover
+    _ConcretePath = WindowsPath
+else:
+    _ConcretePath = PosixPath
+
+
+class FolderFile(_ConcretePath):
+    """A log file found by expanding a folder, not named on the command line.
+
+    :class:`LogReader` reads an undetectable one as one ``invalid_input`` record instead of
+    refusing the run: a stray ``config.json`` in a log folder must not stop the audit.
+    """
 
 
 def expand_inputs(paths: list[Path]) -> list[Path]:
@@ -77,7 +91,7 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
             )
             if not found:
                 raise ConfigurationError(f"no .jsonl or .json log files in {path}")
-            files.extend(found)
+            files.extend(FolderFile(p) for p in found)
         elif path.is_file():
             files.append(path)
         else:
@@ -146,6 +160,15 @@ class LogReader:
         display_path: str | None = None,
     ) -> None:
         self.path = path
+        self.undetected: str | None = None
+        """Why the format of a file found in a folder could not be detected (then ``items()``
+        yields one ``invalid_input`` record for the file)."""
+        if fmt == "auto" and isinstance(path, FolderFile):
+            try:
+                fmt = detect_format(path)
+            except ConfigurationError as exc:
+                self.undetected = str(exc)
+                fmt = "openai"  # placeholder: nothing of the file is parsed
         self.format: Format = detect_format(path) if fmt == "auto" else fmt
         if self.format not in FORMATS:
             raise ConfigurationError(f"unknown format {fmt!r}; expected one of {FORMATS}")
@@ -159,6 +182,14 @@ class LogReader:
 
     def items(self) -> Iterator[LogItem]:
         """The file's items in order; each input record yields at least one."""
+        if self.undetected is not None:
+            yield LogItem.invalid(
+                self.display_path,
+                Source(self.display_path, 1),
+                self.undetected,
+                kind="UndetectedFormat",
+            )
+            return
         index = BatchOutputIndex(self.batch_output) if self.batch_output is not None else None
         try:
             with self.path.open("rb") as fh:
@@ -250,8 +281,20 @@ class LogReader:
         for key in ("question", "thinking", "response"):
             text = value.get(key)
             if text is not None and not isinstance(text, str):
-                raise ShapeError(f"'{key}' must be a string")
+                raise ShapeError(f"'{key}' must be a string, not {type(text).__name__}")
             fields[key] = text
+        if not (fields["question"] or fields["response"]):
+            missing = [k for k in ("question", "response") if fields[k] is None]
+            empty = [k for k in ("question", "response") if fields[k] is not None]
+            what = []
+            if missing:
+                what.append("missing " + " and ".join(f"'{k}'" for k in missing))
+            if empty:
+                what.append("empty " + " and ".join(f"'{k}'" for k in empty))
+            raise ShapeError(
+                "a guardtrace record needs a non-empty string 'question' or 'response' "
+                f"({'; '.join(what)})"
+            )
         image_name = value.get("image_name", value.get("image"))
         images: tuple[Any, ...] = ()
         names: tuple[str, ...] = ()

@@ -37,6 +37,10 @@ class AuditSummary:
     max_risk: float | None = None
     auditors: Counter[str] = field(default_factory=Counter)
     report: Path | None = None
+    auditor_errors: int = 0
+    """Records whose trace reached an auditor and got no verdict (status ``error``)."""
+    first_auditor_error: str | None = None
+    """The message of the first of those, to tell the user what is wrong with the auditor."""
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Count one output record."""
@@ -54,6 +58,14 @@ class AuditSummary:
         # Records of unreadable input name the reader, not an auditor: leave them out.
         if record.get("auditor") and record.get("auditor") != "traceguard-reader":
             self.auditors[str(record["auditor"])] += 1
+            if record.get("status") == "error":
+                self.auditor_errors += 1
+                if self.first_auditor_error is None:
+                    error = record.get("error")
+                    message = error.get("message") if isinstance(error, Mapping) else None
+                    kind = error.get("type") if isinstance(error, Mapping) else None
+                    text = f"{kind}: {message}" if kind and message else message or kind
+                    self.first_auditor_error = str(text or "unknown auditor error")
 
     @property
     def failed(self) -> int:
@@ -64,10 +76,19 @@ class AuditSummary:
         """True when some trace was graded at or above the ``fail_on`` level."""
         return self.max_risk is not None and self.max_risk >= _THRESHOLD[fail_on]
 
+    @property
+    def nothing_audited(self) -> bool:
+        """True when traces reached the auditor in this run and not one got a verdict.
+
+        Then the auditor itself is broken (dead server, missing checkpoint): a run that audited
+        nothing is not a success, with or without ``--fail-on``.
+        """
+        return self.audited > 0 and self.auditor_errors > 0 and not self.by_status.get("ok", 0)
+
     def exit_code(self, fail_on: FailOn | None) -> int:
         """The CLI's exit code for this run; see :mod:`traceguard.cli` for the table."""
         if fail_on is None:
-            return 0
+            return 3 if self.nothing_audited else 0
         if self.threshold_hit(fail_on):
             return 1
         if self.failed:

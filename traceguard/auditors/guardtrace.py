@@ -20,6 +20,7 @@ from traceguard._exceptions import (
     AuditorResponseError,
     ConfigurationError,
     ImageError,
+    InputError,
     ParseError,
 )
 from traceguard._guardtrace import (
@@ -271,6 +272,19 @@ class GuardTraceAuditor(Auditor):
             return self._failed(
                 AuditStatus.UNPARSEABLE,
                 exc,
+                raw_output=result.text,
+                latency_ms=result.latency_ms,
+                details=details,
+            )
+        if result.truncated and parsed.risk == 0:
+            # The model saw the trace with its middle cut out; "safe" on part of a trace cannot
+            # vouch for the whole (padding would hide a harmful middle). Harm found stays harm.
+            return self._failed(
+                AuditStatus.INVALID_INPUT,
+                InputError(
+                    "the trace was cut to fit the auditor's input limit and the visible part "
+                    "was graded safe; a safe verdict on part of a trace is not given"
+                ),
                 raw_output=result.text,
                 latency_ms=result.latency_ms,
                 details=details,
