@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 from traceguard.auditors import _baseline_lexicon as lex
 
-__all__ = ["QueryMatch", "QuerySignals", "TextSignals", "scan_query", "scan_text"]
+__all__ = [
+    "QueryMatch",
+    "QuerySignals",
+    "TextSignals",
+    "scan_query",
+    "scan_text",
+    "scan_topics",
+]
 
 # Thresholds of the actionability score (see TextSignals.score). Four points need at least two
 # independent cues, e.g. five numbered steps plus a quantity, or code plus named tools.
@@ -161,10 +168,23 @@ def _lower(text: str) -> tuple[str, str]:
 
 def scan_query(text: str) -> QuerySignals:
     """Find harmful-request patterns in a request (or in any text treated as one)."""
+    return _scan_patterns(text, lex.QUERY_PATTERNS)
+
+
+def scan_topics(text: str) -> QuerySignals:
+    """Find harmful topics in a thinking or response: the request patterns plus named topics.
+
+    Used when the query looked benign, so the harmful request may be hidden (in an image, say);
+    benign framings excuse matches exactly as they do in :func:`scan_query`.
+    """
+    return _scan_patterns(text, lex.QUERY_PATTERNS + lex.TOPIC_PATTERNS)
+
+
+def _scan_patterns(text: str, patterns: tuple[lex.Pattern, ...]) -> QuerySignals:
     low, original = _lower(text)
     matches = tuple(
         QueryMatch(category=p.category, label=p.label, text=_quote(original[m.start() : m.end()]))
-        for p in lex.QUERY_PATTERNS
+        for p in patterns
         if (m := p.regex.search(low))
     )
     evasion = lex.EVASION_CUES.search(low) is not None
