@@ -69,7 +69,9 @@ def iter_json_lines(
         except UnicodeDecodeError as exc:
             yield BadRecord(number, f"line is not valid UTF-8: {exc.reason}")
         except json.JSONDecodeError as exc:
-            yield BadRecord(number, f"line is not valid JSON: {_json_why(exc)} (column {exc.colno})")
+            yield BadRecord(
+                number, f"line is not valid JSON: {_json_why(exc)} (column {exc.colno})"
+            )
         except _UNDECODABLE as exc:
             yield BadRecord(number, f"line cannot be decoded: {_why(exc)}")
         else:
@@ -155,8 +157,8 @@ def iter_json_array(
                         continue
                     yield BadRecord(
                         line,
-                        f"array element is not valid JSON: {_json_why(exc)}; the rest of the file is"
-                        " not read",
+                        f"array element is not valid JSON: {_json_why(exc)}; "
+                        "the rest of the file is not read",
                         fatal=True,
                     )
                     return
