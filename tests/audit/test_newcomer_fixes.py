@@ -158,3 +158,34 @@ def test_undetectable_file_named_explicitly_still_exits_two(tmp_path: Path) -> N
         LogReader(config)
     (found,) = expand_inputs([tmp_path])
     assert LogReader(found).undetected is not None
+
+
+def test_resume_refuses_a_different_auditor(tmp_path: Path) -> None:
+    from traceguard.audit import run_audit
+    from traceguard.testing import ScriptedAuditor
+
+    log = tmp_path / "chat.jsonl"
+    line = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    }
+    log.write_text("\n".join(json.dumps(line) for _ in range(3)) + "\n")
+    out = tmp_path / "out.jsonl"
+    run_audit([log], out, auditor=ScriptedAuditor(rule=lambda t: 0, name="first"), progress=False)
+    first, *rest = out.read_text().splitlines()
+    out.write_text(first + "\n")  # as if killed after one record
+    with pytest.raises(ConfigurationError, match="graded by 'first'"):
+        run_audit(
+            [log],
+            out,
+            auditor=ScriptedAuditor(rule=lambda t: 0, name="second"),
+            resume=True,
+            progress=False,
+        )
+    summary = run_audit(
+        [log],
+        out,
+        auditor=ScriptedAuditor(rule=lambda t: 0, name="first"),
+        resume=True,
+        progress=False,
+    )
+    assert summary.resumed == 1 and len(out.read_text().splitlines()) == 3

@@ -22,7 +22,7 @@ from traceguard._policy import Policy
 from traceguard._verdict import Verdict
 from traceguard.audit._messages import LogItem
 from traceguard.audit._output import OutputWriter, existing_records, truncate_torn_tail
-from traceguard.audit._pipeline import Job, Pipeline
+from traceguard.audit._pipeline import READER_AUDITOR, Job, Pipeline
 from traceguard.audit.cache import VerdictCache
 from traceguard.audit.progress import Progress
 from traceguard.audit.readers import Format, LogReader, expand_inputs
@@ -157,6 +157,14 @@ class _Run:
                     f"cannot resume: record {number} of {self.out} is {record.get('id')!r} but "
                     f"trace {number} of the input is {item.id!r}; the input changed since the "
                     "interrupted run (run again without --resume)"
+                )
+            written_by = record.get("auditor")
+            if written_by not in (None, READER_AUDITOR, self.auditor.name):
+                # Mixing two auditors' verdicts in one file would make it look like one audit.
+                raise ConfigurationError(
+                    f"cannot resume: record {number} of {self.out} was graded by "
+                    f"{written_by!r} but this run uses {self.auditor.name!r}; resume with the "
+                    "same auditor and mode (or run again without --resume)"
                 )
             self.summary.add(record)
             self.summary.resumed += 1
