@@ -3,13 +3,19 @@
 They subclass the SDK's stream classes so ``isinstance`` checks, ``with`` blocks and ``close()``
 keep working, and drive a :class:`StreamState` (all the rules) over the upstream stream (all the
 I/O). The two classes differ only in ``for`` vs ``async for`` and ``check`` vs ``acheck``.
+
+A passthrough stream cut short (closed by the caller, left in a ``with`` block, garbage
+collected, or failed upstream) still audits what the caller was shown, once, before it ends
+(:meth:`StreamState.partial_traces`). Closing never raises :class:`~traceguard.Blocked`; an upstream
+error propagates unchanged once the audit is recorded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from openai import AsyncStream, Stream
 
@@ -21,6 +27,12 @@ from ._openai_stream_state import StreamState
 __all__ = ["GuardedAsyncStream", "GuardedStream"]
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger("traceguard.integrations.openai")
+
+_Cut = Literal["closed", "upstream_error"]
+
+_AUDIT_FAILED = "traceguard: auditing what a stream cut short (%s) had shown failed"
 
 # What ``Stream.__init__`` / ``AsyncStream.__init__`` set and callers may read.
 _UPSTREAM_ATTRIBUTES = ("response", "_cast_to", "_client", "_options", "_decoder")
@@ -62,8 +74,16 @@ class GuardedStream(_Guarded[_T], Stream[_T]):
 
     def _run(self) -> Iterator[_T]:
         state = self._state
+        upstream = iter(self._upstream)
         try:
-            for chunk in self._upstream:
+            while True:
+                try:
+                    chunk = next(upstream)
+                except StopIteration:
+                    break
+                except Exception:
+                    self._audit_partial("upstream_error")
+                    raise
                 released = state.on_chunk(chunk)
                 early = state.early_traces()
                 if early:
@@ -76,8 +96,20 @@ class GuardedStream(_Guarded[_T], Stream[_T]):
                         return
                 yield from released
             yield from state.after_final(self._guard.check_batch(state.final_traces()))
+        except GeneratorExit:  # close(), a ``with`` exit, garbage collection
+            self._audit_partial("closed")
+            raise
         finally:
             self._upstream.close()
+
+    def _audit_partial(self, cause: _Cut) -> None:
+        """Audit and record what was shown of a stream cut short; never raises."""
+        try:
+            traces = self._state.partial_traces(cause)
+            if traces:
+                self._state.after_partial(self._guard.check_batch(traces))
+        except Exception:
+            logger.exception(_AUDIT_FAILED, cause)
 
     def close(self) -> None:
         """Close this stream and the upstream HTTP response."""
@@ -97,8 +129,16 @@ class GuardedAsyncStream(_Guarded[_T], AsyncStream[_T]):
 
     async def _run(self) -> AsyncIterator[_T]:
         state = self._state
+        upstream = self._upstream.__aiter__()
         try:
-            async for chunk in self._upstream:
+            while True:
+                try:
+                    chunk = await upstream.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception:
+                    await self._audit_partial("upstream_error")
+                    raise
                 released = state.on_chunk(chunk)
                 early = state.early_traces()
                 if early:
@@ -113,8 +153,20 @@ class GuardedAsyncStream(_Guarded[_T], AsyncStream[_T]):
             final = await self._guard.acheck_batch(state.final_traces())
             for out in state.after_final(final):
                 yield out
+        except GeneratorExit:  # aclose(): close(), an ``async with`` exit, the loop's finalizer
+            await self._audit_partial("closed")
+            raise
         finally:
             await self._upstream.close()
+
+    async def _audit_partial(self, cause: _Cut) -> None:
+        """Audit and record what was shown of a stream cut short; never raises."""
+        try:
+            traces = self._state.partial_traces(cause)
+            if traces:
+                self._state.after_partial(await self._guard.acheck_batch(traces))
+        except Exception:
+            logger.exception(_AUDIT_FAILED, cause)
 
     async def close(self) -> None:
         """Close this stream and the upstream HTTP response."""

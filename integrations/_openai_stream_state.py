@@ -6,6 +6,8 @@ every rule about what to hold back, what to audit when, and what to emit lives h
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
@@ -24,6 +26,8 @@ __all__ = [
 ]
 
 C = TypeVar("C")
+
+logger = logging.getLogger("traceguard.integrations.openai")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,10 @@ class StreamState(Generic[C]):
     what it returns, then audit :meth:`early_traces` if any and pass the decisions to
     :meth:`after_early` (a non-None result means: close upstream, release it, stop). At the end
     audit :meth:`final_traces` and release :meth:`after_final`.
+
+    When the stream ends any other way (the caller closes it, the upstream fails), audit
+    :meth:`partial_traces` if any and pass the decisions to :meth:`after_partial`: what the
+    caller was already shown is audited and recorded all the same, exactly once, never raising.
     """
 
     def __init__(self, adapter: StreamAdapter[C], options: StreamOptions) -> None:
@@ -75,6 +83,8 @@ class StreamState(Generic[C]):
         self.decisions: list[Decision] = []
         """Every decision taken on this stream, early ones first."""
         self.stopped_early = False
+        self._shown = False  # a chunk reached the caller before any audit covered it
+        self._concluded = False  # an audit covering the output ran (or is running)
         self._buffer: list[C] = []
         self._final: list[Trace] = []
         self._early: list[Trace] = []
@@ -84,6 +94,7 @@ class StreamState(Generic[C]):
         """Feed one upstream chunk; returns the chunks to release now."""
         self.adapter.feed(chunk)
         if self.options.mode == "passthrough":
+            self._shown = True
             return [chunk]
         self._buffer.append(chunk)
         return []
@@ -104,6 +115,7 @@ class StreamState(Generic[C]):
                 self._early_edits[_choice(trace)] = edit_for(trace, decision, self.options.refusal)
             return None
         self.stopped_early = True
+        self._concluded = True
         self._buffer.clear()
         if self.options.on_block == "raise":
             raise blocked_error(blocked)
@@ -111,8 +123,37 @@ class StreamState(Generic[C]):
 
     def final_traces(self) -> list[Trace]:
         """The traces of the whole output."""
+        self._concluded = True
         self._final = self.adapter.final_traces()
         return self._final
+
+    def partial_traces(self, cause: Literal["closed", "upstream_error"]) -> list[Trace]:
+        """The traces of what was shown, for a stream cut short; empty when nothing is owed.
+
+        Something is owed once: when chunks reached the caller (passthrough) and no audit of the
+        whole output ran. The traces carry ``stage="partial"`` and ``cut=cause`` in metadata.
+        """
+        if not self._shown or self._concluded:
+            return []
+        self._concluded = True
+        return [
+            dataclasses.replace(
+                trace, metadata={**trace.metadata, "stage": "partial", "cut": cause}
+            )
+            for trace in self.adapter.final_traces()
+        ]
+
+    def after_partial(self, decisions: Sequence[Decision]) -> None:
+        """Record the decisions on what was shown; never raises (the caller is leaving)."""
+        self.decisions.extend(decisions)
+        for decision in decisions:
+            if decision.blocked:
+                logger.warning(
+                    "traceguard: a passthrough stream cut short had already shown output the "
+                    "guard holds back (%s: %s); the decision was recorded, not raised",
+                    decision.action.value,
+                    decision.reason,
+                )
 
     def after_final(self, decisions: Sequence[Decision]) -> list[C]:
         """The chunks to release once the whole output is decided (or raise)."""

@@ -12,10 +12,11 @@
 
 ``guard_openai`` replaces ``create`` on that client's ``chat.completions`` and ``responses``
 resources only (instance attributes; nothing is patched at import time or on a class). Each call
-runs upstream unchanged; upstream errors propagate as the SDK's own exceptions, unaudited. The
-result is turned into one :class:`~traceguard.Trace` per choice (query and images from the last
-user message, earlier messages as history, thinking from ``reasoning_content`` / ``reasoning`` /
-``<think>`` tags / Responses reasoning items, tool calls), audited, and acted on:
+runs upstream unchanged; upstream errors propagate as the SDK's own exceptions, unaudited (but a
+passthrough stream audits what it showed, see below). The result is turned into one
+:class:`~traceguard.Trace` per choice (query and images from the last user message, earlier
+messages as history, thinking from ``reasoning_content`` / ``reasoning`` / ``<think>`` tags /
+Responses reasoning items, tool calls), audited, and acted on:
 
 - **allow**: the SDK's own object is returned, untouched (the same object);
 - **redact**: a copy of the same type with the thinking removed or the answer replaced;
@@ -31,7 +32,11 @@ Streams (``stream=True``) stay ``openai.Stream`` / ``openai.AsyncStream`` instan
 - ``stream_mode="passthrough"``: chunks are released as they arrive and the audit runs once, at
   the end, raising ``Blocked`` then. **Leak window:** everything streamed before the end was
   shown unaudited, and a redaction cannot be taken back (the decision is on
-  ``stream.decisions``). Use it only where a late retraction is acceptable.
+  ``stream.decisions``). Use it only where a late retraction is acceptable. A stream cut short
+  (``close()``, leaving a ``with`` block, garbage collection, an upstream error mid-stream) still
+  audits what was shown, once, and records it in the sinks (trace metadata ``stage="partial"``,
+  ``cut="closed"`` or ``"upstream_error"``): closing never raises ``Blocked`` (the decision goes on
+  ``stream.decisions`` and a warning is logged), and an upstream error propagates unchanged.
 - ``early_stop=True`` (default): as soon as the thinking is complete (``</think>`` or the first
   answer token after reasoning deltas), the thinking alone is audited; if that blocks, the
   upstream connection is closed at once, instead of paying for the rest of the generation.

@@ -6,17 +6,21 @@ Real openai SDK streams over real SSE from the loopback server; sync and async (
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from traceguard import Action, Blocked, Escalated, Trace
+from traceguard import Action, Blocked, Escalated, ReviewQueue, Trace
 from traceguard._guard import Guard
 from traceguard._policy import Policy
+from traceguard._sinks import AuditRecord, Sink
 from traceguard.integrations.openai import GuardedClient, guard_openai
 from traceguard.testing import ScriptedAuditor, Step
 from traceguard.testing.openai_server import (
@@ -85,6 +89,16 @@ def _settles(condition: Any, within_s: float) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+class ListSink(Sink):
+    """Keeps every record in memory."""
+
+    def __init__(self) -> None:
+        self.records: list[AuditRecord] = []
+
+    def emit(self, record: AuditRecord) -> None:
+        self.records.append(record)
 
 
 def guarded(client: Any, *steps: float | Step, **options: Any) -> ScriptedAuditor:
@@ -320,7 +334,7 @@ async def test_early_stop_off_audits_once(server: OpenAIServer, client: Any) -> 
 
 
 async def test_close_closes_upstream(server: OpenAIServer, client: Any, flavor: str) -> None:
-    guarded(client, stream_mode="passthrough")  # closed before the end: never audited
+    guarded(client, 0, stream_mode="passthrough")
     chat_stream(server, content="y" * 50, chunk_size=1, event_delay_s=0.02)
     stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
     if flavor == "sync":
@@ -330,7 +344,188 @@ async def test_close_closes_upstream(server: OpenAIServer, client: Any, flavor: 
         await anext(stream)
         await stream.close()
     assert stream.response.is_closed
-    assert stream.decisions == []
+    assert _settles(lambda: server.in_flight == 0, within_s=1.0)
+
+
+# -- passthrough streams cut short: what was shown is still audited --------------------------------
+
+
+async def close(stream: Any) -> None:
+    result = stream.close()
+    if inspect.isawaitable(result):
+        await result
+
+
+async def take(stream: Any, n: int) -> list[Any]:
+    if isinstance(stream, openai.AsyncStream):
+        return [await anext(stream) for _ in range(n)]
+    return [next(stream) for _ in range(n)]
+
+
+def guarded_with_sink(client: Any, *steps: float | Step, **options: Any) -> tuple[Any, ListSink]:
+    sink = ListSink()
+    auditor = ScriptedAuditor(steps)
+    guard_openai(client, Guard(auditor, Policy(), sinks=[sink]), **options)
+    return auditor, sink
+
+
+async def test_early_close_audits_what_was_shown(
+    server: OpenAIServer, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    auditor, sink = guarded_with_sink(client, 1, stream_mode="passthrough")
+    chat_stream(server, content="a" * 60, chunk_size=4, event_delay_s=0.01)
+    stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
+    shown = await take(stream, 4)
+    with caplog.at_level(logging.WARNING, logger="traceguard.integrations.openai"):
+        await close(stream)  # would block: recorded and logged, never raised
+        await close(stream)  # a second close audits nothing more
+    (trace,) = auditor.seen
+    assert trace.response == text_of(shown) and 0 < len(trace.response) < 60
+    assert (trace.metadata["stage"], trace.metadata["cut"]) == ("partial", "closed")
+    (decision,) = stream.decisions
+    assert decision.action is Action.BLOCK
+    assert [r.decision for r in sink.records] == [decision]
+    assert "cut short" in caplog.text
+    assert stream.response.is_closed
+
+
+async def test_with_exit_after_partial_iteration_audits(
+    server: OpenAIServer, client: Any, flavor: str
+) -> None:
+    auditor, sink = guarded_with_sink(client, 0, stream_mode="passthrough")
+    chat_stream(server, reasoning_content="Plan.", content="b" * 40, chunk_size=4)
+    stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
+    shown: list[Any] = []
+    if flavor == "sync":
+        with stream:
+            for chunk in stream:
+                shown.append(chunk)
+                if len(shown) == 3:
+                    break
+    else:
+        async with stream:
+            async for chunk in stream:
+                shown.append(chunk)
+                if len(shown) == 3:
+                    break
+    assert [t.metadata["stage"] for t in auditor.seen] == ["partial"]
+    (trace,) = auditor.seen
+    assert trace.thinking == reasoning_of(shown) == "Plan."
+    assert trace.response == text_of(shown)
+    assert [d.action for d in stream.decisions] == [Action.ALLOW]
+    assert len(sink.records) == 1
+
+
+async def test_closing_never_masks_the_callers_exception(
+    server: OpenAIServer, client: Any, flavor: str
+) -> None:
+    auditor = guarded(client, 1, stream_mode="passthrough")
+    chat_stream(server, content="c" * 40, chunk_size=4)
+    stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
+    with pytest.raises(KeyError):
+        if flavor == "sync":
+            with stream:
+                next(stream)
+                raise KeyError("the caller's own error")
+        else:
+            async with stream:
+                await anext(stream)
+                raise KeyError("the caller's own error")
+    assert len(auditor.seen) == 1
+    assert stream.decisions[0].blocked
+
+
+async def test_escalation_on_early_close_reaches_the_review_queue(
+    server: OpenAIServer, client: Any, tmp_path: Path
+) -> None:
+    queue = ReviewQueue(tmp_path / "review.db")
+    auditor = ScriptedAuditor([Step(error="connection refused")])
+    guard_openai(client, Guard(auditor, Policy(), sinks=[queue]), stream_mode="passthrough")
+    chat_stream(server, content="d" * 40, chunk_size=4)
+    stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
+    await take(stream, 2)
+    await close(stream)
+    assert [d.action for d in stream.decisions] == [Action.ESCALATE]
+    assert len(queue.pending()) == 1
+    queue.close()
+
+
+async def test_upstream_drop_mid_stream_audits_then_propagates(
+    server: OpenAIServer, client: Any
+) -> None:
+    auditor, sink = guarded_with_sink(client, 1, stream_mode="passthrough")
+    server.enqueue(
+        ScriptedResponse.sse(chat_completion_chunks(content="e" * 40, chunk_size=4), drop_after=4)
+    )
+    stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
+    received: list[Any] = []
+    with pytest.raises(Exception) as caught:
+        await drain(stream, received)
+    assert not isinstance(caught.value, Blocked)  # the upstream's own error, not the guard's
+    assert len(received) == 4
+    (trace,) = auditor.seen
+    assert (trace.metadata["stage"], trace.metadata["cut"]) == ("partial", "upstream_error")
+    assert trace.response == text_of(received)
+    assert stream.decisions[0].blocked and len(sink.records) == 1
+    await close(stream)  # closing afterwards audits nothing more
+    assert len(auditor.seen) == 1
+
+
+@pytest.mark.parametrize("then", ["close", "with"])
+async def test_completed_stream_is_audited_once(
+    server: OpenAIServer, client: Any, flavor: str, then: str
+) -> None:
+    auditor, sink = guarded_with_sink(client, 0, stream_mode="passthrough")
+    chat_stream(server, content="Complete.")
+    stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
+    if then == "close":
+        await drain(stream)
+        await close(stream)
+    elif flavor == "sync":
+        with stream:
+            await drain(stream)
+    else:
+        async with stream:
+            await drain(stream)
+    assert [t.metadata["stage"] for t in auditor.seen] == ["final"]
+    assert len(stream.decisions) == 1 and len(sink.records) == 1
+
+
+async def test_blocked_at_the_end_is_not_audited_again_on_close(
+    server: OpenAIServer, client: Any
+) -> None:
+    auditor = guarded(client, 1, stream_mode="passthrough")
+    chat_stream(server, content="Leaked.")
+    stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
+    with pytest.raises(Blocked):
+        await drain(stream)
+    await close(stream)
+    assert len(auditor.seen) == 1 and len(stream.decisions) == 1
+
+
+async def test_buffer_stream_closed_early_shows_and_audits_nothing(
+    server: OpenAIServer, client: Any
+) -> None:
+    auditor = guarded(client)  # buffer mode: nothing reached the caller, nothing is owed
+    chat_stream(server, content="f" * 40, chunk_size=4, event_delay_s=0.01)
+    stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
+    await close(stream)
+    assert auditor.seen == [] and stream.decisions == []
+
+
+def test_garbage_collected_stream_audits_what_was_shown(server: OpenAIServer) -> None:
+    sync = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+    try:
+        auditor, sink = guarded_with_sink(sync, 0, stream_mode="passthrough")
+        chat_stream(server, content="g" * 40, chunk_size=4)
+        stream = sync.chat.completions.create(model="m", messages=USER, stream=True)
+        next(stream)
+        del stream
+        gc.collect()
+        assert [t.metadata["cut"] for t in auditor.seen] == ["closed"]
+        assert len(sink.records) == 1
+    finally:
+        sync.close()
 
 
 # -- Responses streams ---------------------------------------------------------------------------
