@@ -487,9 +487,11 @@ def test_local_auditor_runs_a_real_checkpoint_and_never_fails_open(tmp_path: Pat
     scorer = GuardTraceAuditor.local(checkpoint, mode="score")
     try:
         batch = auditor.audit_batch(traces)
-        # Random weights write noise: the verdict is a parse failure with the text kept.
-        assert [v.status for v in batch] == [AuditStatus.UNPARSEABLE] * 2
-        assert all(v.raw_output for v in batch)
+        # Random weights write noise that never ends within 12 tokens: a cut output is an
+        # auditor error (a cut "Judgment: 0" might have been 0.5), never a verdict.
+        assert [v.status for v in batch] == [AuditStatus.AUDITOR_ERROR] * 2
+        assert all(v.error is not None and "max_new_tokens=12" in v.error.message for v in batch)
+        assert all(v.risk is None for v in batch)
         assert _timeless([auditor.audit(traces[0])]) == _timeless(batch[:1])
         (scored,) = scorer.audit_batch(traces[:1])
         assert scored.status is AuditStatus.UNPARSEABLE

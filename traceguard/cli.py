@@ -48,25 +48,68 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigurationError(message)
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it is unset (None/False) or the help text
+    already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help
+        if (
+            help_text is not None
+            and "default" not in help_text
+            and action.default not in (None, False, argparse.SUPPRESS)
+            and action.option_strings
+        ):
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
 def _auditor_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("auditor (default: the embedded rule baseline)")
     group.add_argument("--auditor-url", help="OpenAI-compatible server serving the auditor")
     group.add_argument("--auditor-model", help="model name on that server")
     group.add_argument("--api-key-env", help="environment variable holding the server's API key")
     group.add_argument("--model", help="local GuardTrace-VL checkpoint folder (needs [local])")
-    group.add_argument("--mode", choices=("full", "score"), default="full")
+    group.add_argument(
+        "--mode",
+        choices=("full", "score"),
+        default="full",
+        help="full: the auditor writes its analysis and judgment; score: one forward pass reads "
+        "the probability of each risk level (needs a GuardTrace model)",
+    )
     group.add_argument("--timeout", type=float, default=120.0, help="seconds per auditor call")
     inputs = parser.add_argument_group("inputs")
-    inputs.add_argument("--format", choices=_FORMATS, default="auto")
+    inputs.add_argument(
+        "--format",
+        choices=_FORMATS,
+        default="auto",
+        help="input log format (auto: detected per file)",
+    )
     inputs.add_argument("--batch-output", help="Batch API output file (default: found by name)")
     inputs.add_argument("--image-root", help="folder image paths resolve under")
-    inputs.add_argument("--allow-remote-images", action="store_true")
+    inputs.add_argument(
+        "--allow-remote-images",
+        action="store_true",
+        help="fetch http(s) image URLs found in the logs (off: such images are invalid input)",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--policy", help="policy file (YAML or TOML)")
-    run.add_argument("--concurrency", type=int, help="auditor calls in flight")
-    run.add_argument("--batch-size", type=int, help="traces per auditor call")
+    run.add_argument(
+        "--concurrency",
+        type=int,
+        help="auditor calls in flight (default: 1 with --model, 16 with --auditor-url, else 4)",
+    )
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        help="traces per auditor call (default: 8 with --model, else 1)",
+    )
     run.add_argument("--cache", help="verdict cache (SQLite; default: next to the output)")
-    run.add_argument("--no-cache", action="store_true")
+    run.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither read nor write the verdict cache: audit every trace again",
+    )
     run.add_argument("--resume", action="store_true", help="continue an interrupted run")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
@@ -83,15 +126,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"traceguard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    audit = commands.add_parser("audit", help="audit chat logs, one verdict line per trace")
+    audit = commands.add_parser(
+        "audit",
+        help="audit chat logs, one verdict line per trace",
+        formatter_class=_DefaultsFormatter,
+    )
     audit.add_argument("inputs", nargs="+", help="log files or folders")
     audit.add_argument("--out", required=True, help="verdicts JSONL to write")
     audit.add_argument("--report", help="also write a self-contained HTML report")
-    audit.add_argument("--fail-on", choices=("potentially_harmful", "harmful"))
+    audit.add_argument(
+        "--fail-on",
+        choices=("potentially_harmful", "harmful"),
+        help="exit 1 if some trace is graded at or above this level, 3 if none is but some "
+        "could not be audited (default: exit 0 whatever the verdicts)",
+    )
     _auditor_options(audit)
 
-    evaluate = commands.add_parser("eval", help="score an auditor on labelled data")
+    evaluate = commands.add_parser(
+        "eval",
+        help="score an auditor on labelled data",
+        formatter_class=_DefaultsFormatter,
+    )
     evaluate.add_argument("inputs", nargs="+", help="labelled log files or folders")
+    evaluate.add_argument(
+        "--split",
+        metavar="NAME",
+        help="score only the records whose 'split' field equals NAME (e.g. test); records "
+        "without the field are excluded (default: every record)",
+    )
     evaluate.add_argument("--out", help="write the metrics as JSON here")
     evaluate.add_argument("--verdicts", help="keep the verdicts JSONL here (default: temporary)")
     _auditor_options(evaluate)
@@ -213,13 +275,29 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from traceguard.audit._output import existing_records
-    from traceguard.audit.evaluate import evaluate_records
+    from traceguard.audit.evaluate import evaluate_records, input_splits
+    from traceguard.audit.runner import open_readers
 
+    splits = None
+    if args.split is not None:
+        splits = input_splits(
+            open_readers(
+                args.inputs,
+                format=args.format,
+                image_root=args.image_root,
+                batch_output=args.batch_output,
+            )
+        )
     with tempfile.TemporaryDirectory(prefix="traceguard-eval-") as scratch:
         verdicts = Path(args.verdicts) if args.verdicts else Path(scratch) / "verdicts.jsonl"
         summary = _run(args, verdicts, report=None)
-        metrics = evaluate_records(existing_records(verdicts))
+        metrics = evaluate_records(existing_records(verdicts), split=args.split, splits=splits)
     if not metrics.total:
+        if args.split is not None:
+            raise ConfigurationError(
+                f"no labelled traces in split {args.split!r} ({metrics.other_split} records of "
+                f"other splits and {metrics.no_split} without a 'split' field were excluded)"
+            )
         raise ConfigurationError(
             "no labelled traces in the input (expected evaluation_result, label or expected_risk)"
         )

@@ -10,7 +10,10 @@ What one call does, per batch of ``batch_size`` requests:
    pre-resize its images like ``qwen-vl-utils`` (see :mod:`traceguard.backends._qwen_vision`);
 2. if the prompt is over ``max_input_tokens``, cut the middle of the longest user text — never an
    image or a template token — and mark the result ``truncated``;
-3. left-pad the batch and run one greedy ``generate`` (or one forward pass for token scores).
+3. left-pad the batch and run one greedy ``generate`` (or one forward pass for token scores);
+   an item whose generation reached its ``max_new_tokens`` without an end-of-sequence (or pad)
+   token gets an ``AuditorResponseError``, not a cut ``Completion`` (as the HTTP backend does
+   for ``finish_reason: "length"``).
 
 Token scores share prefills: requests with the same messages whose prompts (after tokenisation)
 are prefixes of one another — score mode asks for "“Judgment”: ", "“Judgment”: 0" and
@@ -35,7 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from traceguard._exceptions import AuditorError, AuditorUnavailable, ConfigurationError
+from traceguard._exceptions import (
+    AuditorError,
+    AuditorResponseError,
+    AuditorUnavailable,
+    ConfigurationError,
+)
 from traceguard.backends._base import (
     ChatBackend,
     ChatMessage,
@@ -334,7 +342,7 @@ class TransformersBackend(ChatBackend):
         self,
         runtime: _Runtime,
         requests: Sequence[ChatRequest],
-        step: Callable[[_Runtime, list[_Prepared]], list[Completion]],
+        step: Callable[[_Runtime, list[_Prepared]], list[ChatResult]],
     ) -> list[ChatResult]:
         """Prepare every request and run ``step`` on them, ``batch_size`` at a time."""
         results: list[ChatResult | None] = [None] * len(requests)
@@ -491,7 +499,7 @@ class TransformersBackend(ChatBackend):
         )
         return inputs.to(rt.device)
 
-    def _generate(self, rt: _Runtime, batch: list[_Prepared]) -> list[Completion]:
+    def _generate(self, rt: _Runtime, batch: list[_Prepared]) -> list[ChatResult]:
         torch = rt.torch
         started = time.perf_counter()
         inputs = self._encode(rt, batch)
@@ -509,9 +517,23 @@ class TransformersBackend(ChatBackend):
                 eos_token_id=sorted(rt.eos_ids) or None,
             )
         latency_ms = (time.perf_counter() - started) * 1000.0
-        results = []
+        results: list[ChatResult] = []
+        stops = rt.eos_ids | {rt.pad_id}
         for row, prepared in zip(output[:, prompt_len:].tolist(), batch, strict=True):
-            new_tokens = _until_eos(row[: prepared.max_new_tokens], rt.eos_ids)
+            own = row[: prepared.max_new_tokens]
+            if not any(token in stops for token in own):
+                # No end-of-sequence token: the output stopped at max_new_tokens, not where the
+                # model ended it. A text cut right after "Judgment: 0" would read as safe when
+                # the model was writing "0.5" (the HTTP backend's finish_reason "length").
+                results.append(
+                    AuditorResponseError(
+                        f"the auditor's output was cut at max_new_tokens={prepared.max_new_tokens}"
+                        f" ({len(own)} tokens generated, no end-of-sequence token); raise "
+                        "max_new_tokens"
+                    )
+                )
+                continue
+            new_tokens = _until_eos(own, rt.eos_ids)
             text = rt.tokenizer.decode(new_tokens, skip_special_tokens=True)
             results.append(
                 Completion(
