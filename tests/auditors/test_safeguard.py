@@ -169,7 +169,8 @@ def test_local_qwen_checkpoint_runs_and_reads_a_forced_answer(tmp_path: Path) ->
     try:
         trace = Trace(query="", response="", images=(_png(),))
         noisy = auditor.audit(trace)
-        assert noisy.status in (AuditStatus.UNPARSEABLE, AuditStatus.OK)
+        # Noise is cut at max_new_tokens (auditor error), unreadable, or happens to say a word.
+        assert noisy.status in (AuditStatus.AUDITOR_ERROR, AuditStatus.UNPARSEABLE, AuditStatus.OK)
         if noisy.status is AuditStatus.OK:  # noise that happens to contain the word
             assert noisy.details["per_image"][0]["details"]["answer_source"] == "word"
         backend = auditor.backend

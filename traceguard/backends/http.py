@@ -113,7 +113,7 @@ class OpenAICompatibleBackend(ChatBackend):
         extra_body: merged into every request body (e.g. ``{"seed": 0}``, or vLLM's
             ``{"top_k": 1}``); it may override the defaults but not ``messages``.
         headers: extra HTTP headers.
-        name: a label for logs and verdicts (default ``"http"``).
+        name: a label for logs and verdicts (default ``"http:<model>"``).
         backoff_s, max_backoff_s: exponential backoff with jitter between retries.
         max_retry_after_s: the longest ``Retry-After`` honoured; longer ones fail at once.
         cooldown_s: how long a failed base URL is avoided.
@@ -161,7 +161,9 @@ class OpenAICompatibleBackend(ChatBackend):
         if "messages" in extra:
             raise ConfigurationError("extra_body must not set 'messages'")
         self.model = model
-        self.name = name or "http"
+        # The served model is part of the name, so verdicts (and the verdict cache) of two models
+        # behind the same kind of server never mix.
+        self.name = name or f"http:{model}"
         self.max_concurrency = max_concurrency
         self.max_top_logprobs = max_top_logprobs
         self._extra_body = extra
