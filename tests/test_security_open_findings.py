@@ -62,7 +62,7 @@ class _CutInput(ChatBackend):
     def next_token_logprobs(
         self, requests: Sequence[ChatRequest], top_k: int = 20
     ) -> list[ScoreResult]:
-        raise NotImplementedError
+        raise AssertionError("this test runs full mode only; score mode must not be called")
 
 
 def test_a_verdict_on_a_cut_input_is_not_allowed_by_default() -> None:

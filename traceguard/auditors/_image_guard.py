@@ -26,6 +26,7 @@ from traceguard._images import ImageAccess, ImageRef
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, Verdict
 from traceguard.auditors._combine import combine_verdicts
+from traceguard.auditors._image_batch import aload_images, load_images, regroup
 from traceguard.backends._base import ChatBackend, ChatRequest, ChatResult, Completion
 
 __all__ = ["ChatImageGuard", "ImageFinding", "NoImagePolicy"]
@@ -93,7 +94,7 @@ class ChatImageGuard(Auditor):
 
     def audit_batch(self, traces: Sequence[Trace]) -> list[Verdict]:
         """Audit several traces; one verdict each, in input order. Never raises for failures."""
-        loaded = [self._load(trace) for trace in traces]
+        loaded = [load_images(trace, self.image_access) for trace in traces]
         requests = _requests(self, loaded)
         results: list[ChatResult] = []
         if requests:
@@ -105,7 +106,9 @@ class ChatImageGuard(Auditor):
 
     async def aaudit_batch(self, traces: Sequence[Trace]) -> list[Verdict]:
         """Async :meth:`audit_batch`, using the backend's async method."""
-        loaded = list(await asyncio.gather(*(self._aload(trace) for trace in traces)))
+        loaded = list(
+            await asyncio.gather(*(aload_images(trace, self.image_access) for trace in traces))
+        )
         requests = _requests(self, loaded)
         results: list[ChatResult] = []
         if requests:
@@ -125,18 +128,6 @@ class ChatImageGuard(Auditor):
 
     # -- steps without I/O ----------------------------------------------------------------------
 
-    def _load(self, trace: Trace) -> list[ImageRef] | ImageError:
-        try:
-            return [image.load(self.image_access) for image in trace.images]
-        except ImageError as exc:
-            return exc
-
-    async def _aload(self, trace: Trace) -> list[ImageRef] | ImageError:
-        try:
-            return [await image.aload(self.image_access) for image in trace.images]
-        except ImageError as exc:
-            return exc
-
     def _verdicts(
         self, loaded: list[list[ImageRef] | ImageError], results: list[ChatResult], expected: int
     ) -> list[Verdict]:
@@ -145,39 +136,26 @@ class ChatImageGuard(Auditor):
                 f"backend returned {len(results)} results for {expected} requests"
             )
             results = [error] * expected
-        verdicts: list[Verdict] = []
-        cursor = 0
-        for images in loaded:
-            if isinstance(images, ImageError):
-                verdicts.append(
-                    Verdict.failed(AuditStatus.INVALID_INPUT, auditor=self.name, error=images)
-                )
-                continue
-            if not images:
-                verdicts.append(self._no_image_verdict())
-                continue
+
+        def merge(images: list[ImageRef], group: Sequence[ChatResult]) -> Verdict:
             per_image = [
                 self._image_verdict(result, image)
-                for result, image in zip(
-                    results[cursor : cursor + len(images)], images, strict=True
-                )
+                for result, image in zip(group, images, strict=True)
             ]
-            cursor += len(images)
-            verdicts.append(
-                combine_verdicts(
-                    per_image,
-                    auditor=self.name,
-                    labels=[f"image {i + 1}" for i in range(len(images))],
-                    latency_ms=max(v.latency_ms for v in per_image),
-                    details={
-                        "images": len(images),
-                        "per_image": [
-                            _image_record(v, im) for v, im in zip(per_image, images, strict=True)
-                        ],
-                    },
-                )
+            return combine_verdicts(
+                per_image,
+                auditor=self.name,
+                labels=[f"image {i + 1}" for i in range(len(images))],
+                latency_ms=max(v.latency_ms for v in per_image),
+                details={
+                    "images": len(images),
+                    "per_image": [
+                        _image_record(v, im) for v, im in zip(per_image, images, strict=True)
+                    ],
+                },
             )
-        return verdicts
+
+        return regroup(self.name, loaded, results, empty=self._no_image_verdict, merge=merge)
 
     def _image_verdict(self, result: ChatResult | object, image: ImageRef) -> Verdict:
         if isinstance(result, AuditorError):

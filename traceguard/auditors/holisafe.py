@@ -53,6 +53,7 @@ from traceguard._images import ImageAccess, ImageRef
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, Verdict
 from traceguard.auditors._combine import combine_verdicts
+from traceguard.auditors._image_batch import load_images, regroup
 from traceguard.taxonomy import HOLISAFE_CATEGORIES, OTHER_RISKS, from_holisafe, holisafe_key
 
 __all__ = [
@@ -440,36 +441,18 @@ class HoliSafeAuditor(Auditor):
 
     def audit_batch(self, traces: Sequence[Trace]) -> list[Verdict]:
         """One verdict per trace: each image classified, the images' verdicts merged."""
-        loaded: list[list[ImageRef] | ImageError] = []
-        for trace in traces:
-            try:
-                loaded.append([image.load(self.image_access) for image in trace.images])
-            except ImageError as exc:
-                loaded.append(exc)
+        loaded = [load_images(trace, self.image_access) for trace in traces]
         flat = [
             image for images in loaded if not isinstance(images, ImageError) for image in images
         ]
         started = time.perf_counter()
         scores = self.classify(flat) if flat else []
         per_image_ms = (time.perf_counter() - started) * 1000.0 / max(len(flat), 1)
-        verdicts: list[Verdict] = []
-        cursor = 0
-        for images in loaded:
-            if isinstance(images, ImageError):
-                verdicts.append(
-                    Verdict.failed(AuditStatus.INVALID_INPUT, auditor=self.name, error=images)
-                )
-                continue
-            if not images:
-                verdicts.append(self._no_image())
-                continue
-            parts = [
-                self._grade(result, per_image_ms)
-                for result in scores[cursor : cursor + len(images)]
-            ]
-            cursor += len(images)
-            verdicts.append(self._merge(parts, images))
-        return verdicts
+
+        def merge(images: list[ImageRef], group: Sequence[Any]) -> Verdict:
+            return self._merge([self._grade(result, per_image_ms) for result in group], images)
+
+        return regroup(self.name, loaded, scores, empty=self._no_image, merge=merge)
 
     def _grade(self, result: SafetyScores | AuditorError, latency_ms: float) -> Verdict:
         if isinstance(result, AuditorError):
