@@ -42,7 +42,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "traceguard.integrations.langchain needs langchain-core: "
-        "pip install 'traceguard[langchain]'"
+        "pip install 'traceguard-vl[langchain]'"
     ) from exc
 
 from ._langchain_callbacks import (

@@ -77,7 +77,7 @@ try:
     from openai.types.responses import Response
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "traceguard.integrations.openai needs the openai SDK: pip install 'traceguard[openai]'"
+        "traceguard.integrations.openai needs the openai SDK: pip install 'traceguard-vl[openai]'"
     ) from exc
 
 from ._openai_stream import GuardedAsyncStream, GuardedStream

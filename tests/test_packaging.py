@@ -23,6 +23,8 @@ assert "Judgment" in text
 mods = sorted(m.name for m in pkgutil.iter_modules(traceguard.integrations.__path__))
 assert "openai" in mods and "langchain" in mods, mods
 assert importlib.resources.files("traceguard").joinpath("py.typed").is_file()
+from importlib.metadata import distribution
+assert distribution("traceguard-vl").metadata["Name"] == "traceguard-vl"
 print("ok", traceguard.__version__)
 """
 
@@ -35,7 +37,7 @@ def test_wheel_installs_and_ships_integrations_and_prompts(tmp_path: Path) -> No
         check=True,
         cwd=tmp_path,
     )
-    (wheel,) = dist.glob("traceguard-*.whl")
+    (wheel,) = dist.glob("traceguard_vl-*.whl")
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
@@ -57,3 +59,32 @@ def test_wheel_installs_and_ships_integrations_and_prompts(tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok")
+
+
+def test_distribution_name_is_the_documented_one() -> None:
+    """``traceguard`` on PyPI is someone else's project: every hint must name ours."""
+    import re
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    from traceguard._version import DISTRIBUTION, install_hint
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert meta["project"]["name"] == DISTRIBUTION == "traceguard-vl"
+    assert install_hint("local") == "pip install 'traceguard-vl[local]'"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "pip install traceguard-vl" in readme or "pip install 'traceguard-vl" in readme
+    # A bare `traceguard[extra]` would send users to the unrelated package.
+    wrong = re.compile(r"(?<![\w-])traceguard\[")
+    offenders = []
+    for folder in ("traceguard", "integrations", "docs", "examples", "bench", "prompts"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in {".py", ".md", ".txt", ".toml", ".yaml", ".html"} and path.is_file():
+                text = path.read_text(encoding="utf-8", errors="replace")
+                offenders += [f"{path.relative_to(ROOT)}" for _ in wrong.finditer(text)]
+    for name in ("README.md", "pyproject.toml", "Makefile"):
+        offenders += [name for _ in wrong.finditer((ROOT / name).read_text(encoding="utf-8"))]
+    assert not offenders, offenders

@@ -50,7 +50,7 @@ __all__ = ["ImageAccess", "ImageRef"]
 ImageSourceKind = Literal["path", "bytes", "data_uri", "url", "pil"]
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_PILLOW_HINT = "Pillow is required for this; install it with: pip install 'traceguard[images]'"
+_PILLOW_HINT = "Pillow is required for this; install it with: pip install 'traceguard-vl[images]'"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,7 +280,7 @@ class ImageRef:
         return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
     def to_pil(self) -> PILImage.Image:
-        """The decoded Pillow image (needs ``traceguard[images]``); bytes-backed or PIL refs."""
+        """The decoded Pillow image (needs ``traceguard-vl[images]``); bytes-backed or PIL refs."""
         pil = _require_pil()
         if self.kind == "pil":
             copied: PILImage.Image = self.source.copy()

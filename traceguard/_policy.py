@@ -330,7 +330,7 @@ def _parse(path: Path, text: str) -> Any:
             import yaml
         except ImportError:
             raise ConfigurationError(
-                f"{path}: reading YAML policies needs PyYAML: pip install 'traceguard[yaml]'"
+                f"{path}: reading YAML policies needs PyYAML: pip install 'traceguard-vl[yaml]'"
             ) from None
         try:
             return yaml.safe_load(text)

@@ -279,7 +279,7 @@ class HoliSafeAuditor(Auditor):
         missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
         if missing:
             raise ConfigurationError(
-                f"HoliSafeAuditor needs {' and '.join(missing)}: pip install 'traceguard[local]'"
+                f"HoliSafeAuditor needs {' and '.join(missing)}: pip install 'traceguard-vl[local]'"
             )
         import torch
 

@@ -1,6 +1,6 @@
 """A local backend: a Qwen2.5-VL-family auditor run in-process with transformers.
 
-Install with ``pip install 'traceguard[local]'``. The model loads on first use (or eagerly with
+Install with ``pip install 'traceguard-vl[local]'``. The model loads on first use (or eagerly with
 :meth:`TransformersBackend.load`) and is shared by every thread; calls serialise on a lock because a
 PyTorch model is not safe to drive from two threads at once.
 
@@ -59,7 +59,7 @@ from traceguard.backends._qwen_vision import prepare_images
 
 __all__ = ["TransformersBackend"]
 
-_INSTALL_HINT = "pip install 'traceguard[local]'"
+_INSTALL_HINT = "pip install 'traceguard-vl[local]'"
 _TRUNCATION_MARK = "\n[...]\n"
 _DTYPES = {
     "float32": "float32",
