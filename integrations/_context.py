@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from traceguard._images import ImageRef
-from traceguard._trace import ToolCall, Trace, Turn
+from traceguard._trace import Stage, ToolCall, Trace, Turn
 
 __all__ = ["RequestContext", "base64_image_ref", "split_last_user", "url_image_ref"]
 
@@ -37,6 +37,7 @@ class RequestContext:
         tool_calls: tuple[ToolCall, ...] = (),
         trace_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        stage: Stage = Stage.FINAL,
     ) -> Trace:
         """The trace of one output of this request; ``metadata`` adds to the request's."""
         return Trace(
@@ -49,6 +50,7 @@ class RequestContext:
             id=trace_id,
             model=self.model,
             metadata={**self.metadata, **(metadata or {})},
+            stage=stage,
         )
 
 

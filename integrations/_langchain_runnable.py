@@ -17,8 +17,8 @@ from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, field_validator
 
 from traceguard._decision import Decision
-from traceguard._exceptions import Blocked, Escalated
 from traceguard._guard import Guard
+from traceguard._streaming import blocked_error
 from traceguard._trace import Trace
 
 from ._langchain_messages import as_chunk, output_of, redact_message, request_context
@@ -125,7 +125,7 @@ class GuardedChatModel(BaseChatModel):
     def _apply(self, message: AIMessage, decision: Decision) -> AIMessage:
         if decision.blocked:
             # Also under Guard(raise_on_block=False): returning the output would let it through.
-            raise Escalated(decision) if decision.escalated else Blocked(decision)
+            raise blocked_error(decision)
         if not decision.redacted:
             return message
         refuse = self.guard.policy.redaction.strategy == "refuse"

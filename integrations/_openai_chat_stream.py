@@ -1,6 +1,6 @@
 """Streamed Chat Completions: reading ``ChatCompletionChunk`` objects and rewriting them.
 
-The :class:`~._openai_stream_state.StreamAdapter` for ``chat.completions.create(stream=True)``.
+The :class:`~traceguard._streaming.StreamAdapter` for ``chat.completions.create(stream=True)``.
 Every choice index is tracked on its own, since each is output the caller could read.
 """
 
@@ -10,10 +10,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from traceguard._reasoning import ReasoningStream
-from traceguard._trace import ToolCall, Trace
+from traceguard._streaming import Edit
+from traceguard._trace import Stage, ToolCall, Trace
 
 from ._openai_request import RequestContext, output_trace
-from ._openai_result import REASONING_FIELDS, Edit
+from ._openai_result import REASONING_FIELDS
 
 __all__ = ["ChatStreamAdapter"]
 
@@ -74,13 +75,13 @@ class ChatStreamAdapter:
                 entry[1] += delta.function_call.name or ""
                 entry[2] += delta.function_call.arguments or ""
 
-    def _trace(self, index: int, state: _Choice, *, stage: str) -> Trace:
+    def _trace(self, index: int, state: _Choice, *, stage: Stage) -> Trace:
         thinking, response = state.reasoning.result()
         calls = tuple(
             ToolCall(name=name, arguments=args, id=call_id or None)
             for _, (call_id, name, args) in sorted(state.calls.items())
         )
-        if stage == "thinking":
+        if stage is Stage.THINKING:
             response, calls = "", ()
         return output_trace(
             self.context,
@@ -96,14 +97,14 @@ class ChatStreamAdapter:
         for index, state in self._choices.items():
             if not state.early_done and state.reasoning.thinking_done:
                 state.early_done = True
-                traces.append(self._trace(index, state, stage="thinking"))
+                traces.append(self._trace(index, state, stage=Stage.THINKING))
         return traces
 
     def final_traces(self) -> list[Trace]:
         if not self._choices:
             # Nothing but metadata arrived; the query alone is still audited, never skipped.
             return [output_trace(self.context, response="", thinking=None)]
-        return [self._trace(i, s, stage="final") for i, s in sorted(self._choices.items())]
+        return [self._trace(i, s, stage=Stage.FINAL) for i, s in sorted(self._choices.items())]
 
     def edited(self, chunks: Sequence[Any], edits: Mapping[int, Edit]) -> list[Any]:
         out: list[Any] = []

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from traceguard._images import ImageRef
-from traceguard._trace import ToolCall, Trace, Turn
+from traceguard._trace import Stage, ToolCall, Trace, Turn
 
 from ._context import RequestContext, split_last_user, url_image_ref
 
@@ -29,15 +29,16 @@ def output_trace(
     response: str,
     thinking: str | None,
     tool_calls: tuple[ToolCall, ...] = (),
-    stage: str = "final",
+    stage: Stage = Stage.FINAL,
     choice: int = 0,
 ) -> Trace:
-    """The trace of one output; ``stage`` (thinking or final) and ``choice`` go in its metadata."""
+    """The trace of one output at ``stage``; ``choice`` (its index) goes in the metadata."""
     return context.trace(
         response=response,
         thinking=thinking,
         tool_calls=tool_calls,
-        metadata={"stage": stage, "choice": choice},
+        stage=stage,
+        metadata={"choice": choice},
     )
 
 

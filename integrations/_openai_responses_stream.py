@@ -1,6 +1,6 @@
 """Streamed Responses API calls: reading ``response.*`` events and rewriting them.
 
-The :class:`~._openai_stream_state.StreamAdapter` for ``responses.create(stream=True)``.
+The :class:`~traceguard._streaming.StreamAdapter` for ``responses.create(stream=True)``.
 """
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from traceguard._reasoning import ReasoningStream, extract_responses_output
-from traceguard._trace import Trace
+from traceguard._streaming import Edit
+from traceguard._trace import Stage, Trace
 
 from ._openai_request import RequestContext, output_trace
-from ._openai_result import Edit, edit_output, edit_response, responses_tool_calls
+from ._openai_result import edit_output, edit_response, responses_tool_calls
 
 __all__ = ["ResponsesStreamAdapter"]
 
@@ -54,7 +55,10 @@ class ResponsesStreamAdapter:
         self._early_done = True
         return [
             output_trace(
-                self.context, response="", thinking=self._reasoning.thinking, stage="thinking"
+                self.context,
+                response="",
+                thinking=self._reasoning.thinking,
+                stage=Stage.THINKING,
             )
         ]
 

@@ -8,11 +8,10 @@ original object is never mutated (an allowed result is returned as the very same
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from traceguard._decision import Decision
 from traceguard._reasoning import extract_chat_message, extract_responses_output
+from traceguard._streaming import Edit
 from traceguard._trace import ToolCall, Trace
 
 from ._openai_request import RequestContext, output_trace
@@ -23,10 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REASONING_FIELDS",
-    "Edit",
     "chat_traces",
     "edit_chat",
-    "edit_for",
     "edit_message",
     "edit_output",
     "edit_response",
@@ -70,36 +67,6 @@ def chat_traces(context: RequestContext, completion: ChatCompletion) -> list[Tra
             )
         )
     return traces
-
-
-@dataclass(frozen=True)
-class Edit:
-    """How an output must change before the caller sees it."""
-
-    replacement: str | None = None
-    """The text that replaces the response (a refusal); None keeps the response."""
-    drop_thinking: bool = False
-
-    @property
-    def noop(self) -> bool:
-        """True when the output passes unchanged."""
-        return self.replacement is None and not self.drop_thinking
-
-
-def edit_for(trace: Trace, decision: Decision, refusal: str) -> Edit:
-    """The edit that turns ``trace``'s output into what ``decision`` lets through.
-
-    A blocked decision reaching here means the caller asked for refusals instead of exceptions.
-    """
-    if decision.blocked:
-        return Edit(replacement=refusal, drop_thinking=True)
-    if decision.response is None:
-        # Only a blocked decision should lack a response; never let the original through.
-        replacement: str | None = refusal
-    else:
-        replacement = decision.response if decision.response != trace.response else None
-    drop = trace.thinking is not None and decision.thinking != trace.thinking
-    return Edit(replacement=replacement, drop_thinking=drop or replacement is not None)
 
 
 def edit_message(message: ChatCompletionMessage, trace: Trace, edit: Edit) -> ChatCompletionMessage:

@@ -21,8 +21,7 @@ from openai import AsyncStream, Stream
 
 from traceguard._decision import Decision
 from traceguard._guard import Guard
-
-from ._openai_stream_state import StreamState
+from traceguard._streaming import StreamState
 
 __all__ = ["GuardedAsyncStream", "GuardedStream"]
 

@@ -34,9 +34,10 @@ Streams (``stream=True``) stay ``openai.Stream`` / ``openai.AsyncStream`` instan
   shown unaudited, and a redaction cannot be taken back (the decision is on
   ``stream.decisions``). Use it only where a late retraction is acceptable. A stream cut short
   (``close()``, leaving a ``with`` block, garbage collection, an upstream error mid-stream) still
-  audits what was shown, once, and records it in the sinks (trace metadata ``stage="partial"``,
-  ``cut="closed"`` or ``"upstream_error"``): closing never raises ``Blocked`` (the decision goes on
-  ``stream.decisions`` and a warning is logged), and an upstream error propagates unchanged.
+  audits what was shown, once, and records it in the sinks (``Trace.stage`` is ``Stage.PARTIAL``,
+  metadata ``cut`` is ``"closed"`` or ``"upstream_error"``): closing never raises ``Blocked``
+  (the decision goes on ``stream.decisions`` and a warning is logged), and an upstream error
+  propagates unchanged.
 - ``early_stop=True`` (default): as soon as the thinking is complete (``</think>`` or the first
   answer token after reasoning deltas), the thinking alone is audited; if that blocks, the
   upstream connection is closed at once, instead of paying for the rest of the generation.
@@ -58,18 +59,19 @@ from typing import Any, Literal
 from traceguard._decision import Decision
 from traceguard._exceptions import ConfigurationError
 from traceguard._guard import Guard
+from traceguard._streaming import (
+    StreamAdapter,
+    StreamOptions,
+    StreamState,
+    blocked_error,
+    edit_for,
+)
 from traceguard._trace import Trace
 
 from ._openai_chat_stream import ChatStreamAdapter
 from ._openai_request import RequestContext, chat_request_context, responses_request_context
 from ._openai_responses_stream import ResponsesStreamAdapter
-from ._openai_result import chat_traces, edit_chat, edit_for, edit_response, response_trace
-from ._openai_stream_state import (
-    StreamAdapter,
-    StreamOptions,
-    StreamState,
-    blocked_error,
-)
+from ._openai_result import chat_traces, edit_chat, edit_response, response_trace
 
 try:
     import openai

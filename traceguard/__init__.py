@@ -34,7 +34,7 @@ from traceguard._reasoning import (
 )
 from traceguard._review import Escalation, ReviewQueue
 from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink, SinkError, WebhookSink
-from traceguard._trace import ToolCall, Trace, Turn
+from traceguard._trace import Stage, ToolCall, Trace, Turn
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 from traceguard._version import __version__
 from traceguard.audit import AuditSummary, arun_audit, run_audit
@@ -92,6 +92,7 @@ __all__ = [
     "SafeGuardAuditor",
     "Sink",
     "SinkError",
+    "Stage",
     "StagedAuditor",
     "Thresholds",
     "ToolCall",

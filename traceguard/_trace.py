@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 from collections.abc import Mapping
@@ -10,7 +11,26 @@ from typing import Any
 
 from traceguard._images import ImageRef
 
-__all__ = ["ToolCall", "Trace", "Turn"]
+__all__ = ["Stage", "ToolCall", "Trace", "Turn"]
+
+
+class Stage(str, enum.Enum):
+    """Which part of a model's output a trace holds, and when it is audited.
+
+    The stage tells sinks, the review queue and the caller what the verdict was about; the
+    auditor grades the content either way.
+    """
+
+    FINAL = "final"
+    """The whole output, once the model finished."""
+    THINKING = "thinking"
+    """The complete thinking, audited before the answer streams (``response`` is empty)."""
+    CHECKPOINT = "checkpoint"
+    """Thinking (and answer) so far, audited mid-stream."""
+    PARTIAL = "partial"
+    """What a stream cut short had shown (closed by the caller, or failed upstream)."""
+    TOOL_CALL = "tool_call"
+    """A pending tool call, audited before the tool runs."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,23 @@ class Trace:
     """The audited model's name (not the auditor's)."""
     metadata: Mapping[str, Any] = field(default_factory=dict)
     """Anything else worth keeping with the verdict: timestamps, session ids, source file."""
+    stage: Stage = Stage.FINAL
+    """Which part of the output this is (:class:`Stage`); the whole output unless said."""
+
+    @property
+    def is_empty(self) -> bool:
+        """True when there is nothing to grade: no query, thinking, response, tool call or image.
+
+        The history alone is context, not something this turn said. An empty trace is invalid
+        input, never "safe": a verdict on it would vouch for output nobody has seen.
+        """
+        return not (
+            self.query.strip()
+            or (self.thinking or "").strip()
+            or self.response.strip()
+            or self.tool_calls
+            or self.images
+        )
 
     @property
     def response_with_tools(self) -> str:
@@ -69,6 +106,8 @@ class Trace:
         """A sha256 over everything the auditor sees; equal traces audit to equal verdicts.
 
         Metadata and ids are left out on purpose, so a repeated trace hits the verdict cache.
+        So is ``stage``: no auditor renders it, so a checkpoint, a partial or a final trace with
+        the same content get the same verdict. Add it here the day an auditor's prompt reads it.
         """
         payload = {
             "query": self.query,
@@ -92,6 +131,7 @@ class Trace:
         return {
             "id": self.id,
             "model": self.model,
+            "stage": self.stage.value,
             "query_chars": len(self.query),
             "thinking_chars": None if self.thinking is None else len(self.thinking),
             "response_chars": len(self.response),

@@ -17,7 +17,7 @@ from typing import Any
 import openai
 import pytest
 
-from traceguard import Action, Blocked, Escalated, ReviewQueue, Trace
+from traceguard import Action, Blocked, Escalated, ReviewQueue, Stage, Trace
 from traceguard._guard import Guard
 from traceguard._policy import Policy
 from traceguard._sinks import AuditRecord, Sink
@@ -149,8 +149,8 @@ async def test_buffer_allow_keeps_type_chunks_and_context_manager(
     assert reasoning_of(chunks) == "A short tale."
     assert chunks[-1].usage is not None
     early, final = auditor.seen
-    assert (early.metadata["stage"], early.thinking, early.response) == (
-        "thinking",
+    assert (early.stage, early.thinking, early.response) == (
+        Stage.THINKING,
         "A short tale.",
         "",
     )
@@ -307,7 +307,7 @@ async def test_early_stop_closes_upstream_on_harmful_thinking(
     elapsed = time.perf_counter() - start
     assert caught.value.decision.action is Action.BLOCK
     (trace,) = auditor.seen
-    assert trace.metadata["stage"] == "thinking" and trace.response == ""
+    assert trace.stage is Stage.THINKING and trace.response == ""
     assert elapsed < 1.0
     assert stream.response.is_closed
     # The server notices the disconnect: its handler stops well before the scripted end.
@@ -330,7 +330,7 @@ async def test_early_stop_off_audits_once(server: OpenAIServer, client: Any) -> 
     chat_stream(server, reasoning_content="Think.", content="Done.")
     stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
     await drain(stream)
-    assert [t.metadata["stage"] for t in auditor.seen] == ["final"]
+    assert [t.stage for t in auditor.seen] == [Stage.FINAL]
 
 
 async def test_close_closes_upstream(server: OpenAIServer, client: Any, flavor: str) -> None:
@@ -376,12 +376,12 @@ async def test_early_close_audits_what_was_shown(
     chat_stream(server, content="a" * 60, chunk_size=4, event_delay_s=0.01)
     stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
     shown = await take(stream, 4)
-    with caplog.at_level(logging.WARNING, logger="traceguard.integrations.openai"):
+    with caplog.at_level(logging.WARNING, logger="traceguard.streaming"):
         await close(stream)  # would block: recorded and logged, never raised
         await close(stream)  # a second close audits nothing more
     (trace,) = auditor.seen
     assert trace.response == text_of(shown) and 0 < len(trace.response) < 60
-    assert (trace.metadata["stage"], trace.metadata["cut"]) == ("partial", "closed")
+    assert (trace.stage, trace.metadata["cut"]) == (Stage.PARTIAL, "closed")
     (decision,) = stream.decisions
     assert decision.action is Action.BLOCK
     assert [r.decision for r in sink.records] == [decision]
@@ -408,7 +408,7 @@ async def test_with_exit_after_partial_iteration_audits(
                 shown.append(chunk)
                 if len(shown) == 3:
                     break
-    assert [t.metadata["stage"] for t in auditor.seen] == ["partial"]
+    assert [t.stage for t in auditor.seen] == [Stage.PARTIAL]
     (trace,) = auditor.seen
     assert trace.thinking == reasoning_of(shown) == "Plan."
     assert trace.response == text_of(shown)
@@ -464,7 +464,7 @@ async def test_upstream_drop_mid_stream_audits_then_propagates(
     assert not isinstance(caught.value, Blocked)  # the upstream's own error, not the guard's
     assert len(received) == 4
     (trace,) = auditor.seen
-    assert (trace.metadata["stage"], trace.metadata["cut"]) == ("partial", "upstream_error")
+    assert (trace.stage, trace.metadata["cut"]) == (Stage.PARTIAL, "upstream_error")
     assert trace.response == text_of(received)
     assert stream.decisions[0].blocked and len(sink.records) == 1
     await close(stream)  # closing afterwards audits nothing more
@@ -487,7 +487,7 @@ async def test_completed_stream_is_audited_once(
     else:
         async with stream:
             await drain(stream)
-    assert [t.metadata["stage"] for t in auditor.seen] == ["final"]
+    assert [t.stage for t in auditor.seen] == [Stage.FINAL]
     assert len(stream.decisions) == 1 and len(sink.records) == 1
 
 

@@ -1,7 +1,9 @@
-"""What a guarded stream knows, without doing any I/O: chunks in, traces and chunks out.
+"""A guarded stream's rules, without any I/O: chunks in, traces and chunks out.
 
-The sync and async stream classes (``_openai_stream.py``) only move chunks and await audits;
-every rule about what to hold back, what to audit when, and what to emit lives here, once.
+Every API-specific stream (OpenAI chat and Responses today; the proxy's SSE and incremental
+auditing next) supplies a :class:`StreamAdapter` that reads and rewrites its chunks; the I/O
+shells only move chunks and await audits. What to hold back, what to audit when, and what to
+emit lives here, once.
 """
 
 from __future__ import annotations
@@ -14,20 +16,50 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 from traceguard._decision import Action, Decision
 from traceguard._exceptions import Blocked, Escalated
-from traceguard._trace import Trace
-
-from ._openai_result import Edit, edit_for
+from traceguard._trace import Stage, Trace
 
 __all__ = [
+    "Edit",
     "StreamAdapter",
     "StreamOptions",
     "StreamState",
     "blocked_error",
+    "edit_for",
 ]
 
 C = TypeVar("C")
 
-logger = logging.getLogger("traceguard.integrations.openai")
+logger = logging.getLogger("traceguard.streaming")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """How an output must change before the caller sees it."""
+
+    replacement: str | None = None
+    """The text that replaces the response (a refusal); None keeps the response."""
+    drop_thinking: bool = False
+
+    @property
+    def noop(self) -> bool:
+        """True when the output passes unchanged."""
+        return self.replacement is None and not self.drop_thinking
+
+
+def edit_for(trace: Trace, decision: Decision, refusal: str) -> Edit:
+    """The edit that turns ``trace``'s output into what ``decision`` lets through.
+
+    A blocked decision reaching here means the caller asked for refusals instead of exceptions.
+    """
+    if decision.blocked:
+        return Edit(replacement=refusal, drop_thinking=True)
+    if decision.response is None:
+        # Only a blocked decision should lack a response; never let the original through.
+        replacement: str | None = refusal
+    else:
+        replacement = decision.response if decision.response != trace.response else None
+    drop = trace.thinking is not None and decision.thinking != trace.thinking
+    return Edit(replacement=replacement, drop_thinking=drop or replacement is not None)
 
 
 @dataclass(frozen=True)
@@ -131,14 +163,14 @@ class StreamState(Generic[C]):
         """The traces of what was shown, for a stream cut short; empty when nothing is owed.
 
         Something is owed once: when chunks reached the caller (passthrough) and no audit of the
-        whole output ran. The traces carry ``stage="partial"`` and ``cut=cause`` in metadata.
+        whole output ran. The traces carry :attr:`Stage.PARTIAL` and ``cut=cause`` in metadata.
         """
         if not self._shown or self._concluded:
             return []
         self._concluded = True
         return [
             dataclasses.replace(
-                trace, metadata={**trace.metadata, "stage": "partial", "cut": cause}
+                trace, stage=Stage.PARTIAL, metadata={**trace.metadata, "cut": cause}
             )
             for trace in self.adapter.final_traces()
         ]
