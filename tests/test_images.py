@@ -344,7 +344,7 @@ def test_load_without_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "PIL.Image", None)
     ref = ImageRef.from_bytes(data).load(ImageAccess())
     assert (ref.mime, ref.width, ref.height) == ("image/webp", 9, 4)
-    with pytest.raises(ConfigurationError, match=r"pip install 'traceguard\[images\]'"):
+    with pytest.raises(ConfigurationError, match=r"pip install 'traceguard-vl\[images\]'"):
         ref.to_pil()
 
 

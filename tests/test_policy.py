@@ -344,7 +344,7 @@ def test_yaml_without_pyyaml_names_the_extra(
     path = tmp_path / "p.yaml"
     path.write_text("harmful: block\n", encoding="utf-8")
     monkeypatch.setitem(sys.modules, "yaml", None)  # makes `import yaml` raise ImportError
-    with pytest.raises(ConfigurationError, match=r"pip install 'traceguard\[yaml\]'"):
+    with pytest.raises(ConfigurationError, match=r"pip install 'traceguard-vl\[yaml\]'"):
         Policy.from_file(path)
 
 
