@@ -21,8 +21,8 @@ from traceguard import (
     Trace,
     Verdict,
 )
-from traceguard._guardtrace import DEFAULT_SCORE_PREFIX, IMAGE_PLACEHOLDER
-from traceguard._prompts import PromptSet
+from traceguard.auditors._guardtrace_format import DEFAULT_SCORE_PREFIX, IMAGE_PLACEHOLDER
+from traceguard.auditors._guardtrace_prompts import PromptSet
 from traceguard.auditors.guardtrace import GuardTraceAuditor
 from traceguard.backends import (
     ChatBackend,

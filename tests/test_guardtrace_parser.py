@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from traceguard import AuditorError, ImageRef, Label, ParseError, ToolCall, Trace, Turn
-from traceguard._guardtrace import (
+from traceguard.auditors._guardtrace_format import (
     DEFAULT_SCORE_PREFIX,
     IMAGE_PLACEHOLDER,
     JudgmentScores,
@@ -21,7 +21,7 @@ from traceguard._guardtrace import (
     parse_guardtrace_output,
     score_judgment,
 )
-from traceguard._prompts import PromptSet
+from traceguard.auditors._guardtrace_prompts import PromptSet
 from traceguard.backends import ChatRequest, ImagePart, TextPart, TokenDistribution
 from traceguard.backends._base import ScoreResult
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from traceguard import ConfigurationError
-from traceguard._prompts import PromptSet
+from traceguard.auditors._guardtrace_prompts import PromptSet
 
 _SECTIONS = [
     "Task Description",

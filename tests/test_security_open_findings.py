@@ -13,8 +13,8 @@ import pytest
 
 from traceguard import Trace
 from traceguard._guard import Guard
-from traceguard._guardtrace import build_guardtrace_request
-from traceguard._prompts import PromptSet
+from traceguard.auditors._guardtrace_format import build_guardtrace_request
+from traceguard.auditors._guardtrace_prompts import PromptSet
 from traceguard.auditors.guardtrace import GuardTraceAuditor
 from traceguard.backends._base import (
     ChatBackend,

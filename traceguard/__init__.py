@@ -21,10 +21,8 @@ from traceguard._exceptions import (
     TraceguardError,
 )
 from traceguard._guard import Guard
-from traceguard._guardtrace import ParsedJudgment, parse_guardtrace_output
 from traceguard._images import ImageAccess, ImageRef
 from traceguard._policy import CategoryRule, Policy, Redaction, Thresholds, strictest
-from traceguard._prompts import PromptSet
 from traceguard._reasoning import (
     ReasoningStream,
     extract_chat_message,
@@ -38,6 +36,8 @@ from traceguard._trace import Stage, ToolCall, Trace, Turn
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 from traceguard._version import __version__
 from traceguard.audit import AuditSummary, arun_audit, run_audit
+from traceguard.auditors._guardtrace_format import ParsedJudgment, parse_guardtrace_output
+from traceguard.auditors._guardtrace_prompts import PromptSet
 from traceguard.auditors.baseline import BaselineAuditor
 from traceguard.auditors.guardtrace import GuardTraceAuditor
 from traceguard.auditors.holisafe import HoliSafeAuditor

@@ -23,7 +23,10 @@ from traceguard._exceptions import (
     InputError,
     ParseError,
 )
-from traceguard._guardtrace import (
+from traceguard._images import ImageAccess, ImageRef
+from traceguard._trace import Trace
+from traceguard._verdict import AuditStatus, Verdict
+from traceguard.auditors._guardtrace_format import (
     DEFAULT_SCORE_PREFIX,
     JudgmentScores,
     build_guardtrace_request,
@@ -31,10 +34,7 @@ from traceguard._guardtrace import (
     score_judgment,
     uses_binary_scale,
 )
-from traceguard._images import ImageAccess, ImageRef
-from traceguard._prompts import PromptSet
-from traceguard._trace import Trace
-from traceguard._verdict import AuditStatus, Verdict
+from traceguard.auditors._guardtrace_prompts import PromptSet
 from traceguard.backends._base import ChatBackend, ChatRequest, Completion, TokenDistribution
 
 __all__ = ["GuardTraceAuditor"]

@@ -21,9 +21,9 @@ from typing import Final
 
 from traceguard._exceptions import AuditorError, ParseError
 from traceguard._images import ImageRef
-from traceguard._prompts import PromptSet
 from traceguard._trace import Trace, Turn
 from traceguard._verdict import Label
+from traceguard.auditors._guardtrace_prompts import PromptSet
 from traceguard.backends._base import (
     ChatMessage,
     ChatRequest,
