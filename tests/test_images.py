@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from traceguard import ConfigurationError, ImageAccess, ImageAccessDenied, ImageError, ImageRef
-from traceguard._images import _sniff
+from traceguard._image_headers import sniff as _sniff
 
 # -- fixtures -----------------------------------------------------------------------------------
 
