@@ -49,6 +49,7 @@ from traceguard.auditors.llavaguard import (
 from traceguard.auditors.safeguard import SafeGuardAuditor, parse_safeguard_output
 from traceguard.auditors.staged import StagedAuditor
 from traceguard.backends import OpenAICompatibleBackend, TransformersBackend
+from traceguard.config import GuardConfig
 
 __all__ = [
     "Action",
@@ -70,6 +71,7 @@ __all__ = [
     "Escalated",
     "Escalation",
     "Guard",
+    "GuardConfig",
     "GuardTraceAuditor",
     "HoliSafeAuditor",
     "ImageAccess",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from typing import cast
@@ -33,7 +34,8 @@ class Guard:
     marked ``slow`` (:class:`~traceguard.WebhookSink`) are wrapped in a
     :class:`~traceguard.BackgroundSink` unless ``background_slow_sinks`` is False.
 
-    The guard does not own the auditor: :meth:`close` flushes and closes the sinks only.
+    The guard does not own the auditor: :meth:`close` flushes and closes the sinks only, unless
+    ``owns_auditor`` is True (a guard built from a configuration, :meth:`from_config`).
     """
 
     def __init__(
@@ -44,8 +46,10 @@ class Guard:
         *,
         raise_on_block: bool = True,
         background_slow_sinks: bool = True,
+        owns_auditor: bool = False,
     ) -> None:
         self.auditor = auditor
+        self.owns_auditor = owns_auditor
         self.policy = policy if policy is not None else Policy()
         self.raise_on_block = raise_on_block
         self.sinks: tuple[Sink, ...] = tuple(
@@ -53,6 +57,20 @@ class Guard:
         )
         self._errors_lock = threading.Lock()
         self._sink_errors = 0
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str]) -> Guard:
+        """The guard a configuration file describes (see :class:`traceguard.config.GuardConfig`).
+
+        The guard owns the auditor it builds: :meth:`close` closes it too.
+
+        Raises:
+            ConfigurationError: the file is unreadable or invalid (the message names the line
+                and the key), or a part cannot be built.
+        """
+        from traceguard.config import GuardConfig
+
+        return GuardConfig.from_file(path).build_guard()
 
     @property
     def sink_errors(self) -> int:
@@ -106,16 +124,24 @@ class Guard:
         return all(results)
 
     def close(self) -> None:
-        """Flush and close every sink (errors are logged, not raised). Idempotent."""
+        """Flush and close every sink (errors are logged, not raised), and the auditor when the
+        guard owns it. Idempotent."""
+        self._close_sinks()
+        if self.owns_auditor:
+            self.auditor.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`; waits for background sinks in a worker thread."""
+        await asyncio.to_thread(self._close_sinks)
+        if self.owns_auditor:
+            await self.auditor.aclose()
+
+    def _close_sinks(self) -> None:
         for sink in self.sinks:
             try:
                 sink.close()
             except Exception as exc:
                 logger.error("closing sink %r failed: %s", sink, exc)
-
-    async def aclose(self) -> None:
-        """Async :meth:`close`; waits for background sinks in a worker thread."""
-        await asyncio.to_thread(self.close)
 
     def __enter__(self) -> Guard:
         return self

@@ -24,16 +24,15 @@ when the policy is built.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from traceguard._config_files import ConfigDocument, describe_validation_error, read_document
 from traceguard._decision import Action, Decision
 from traceguard._exceptions import ConfigurationError
 from traceguard._trace import Trace
@@ -151,10 +150,7 @@ class Policy(_Config):
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "<mapping>") -> Policy:
         """Validate a mapping; errors become :class:`ConfigurationError` naming ``source``."""
-        try:
-            return cls.model_validate(dict(data))
-        except ValidationError as exc:
-            raise ConfigurationError(_describe_errors(source, exc)) from None
+        return cls._validated(dict(data), source=source, document=None)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Policy:
@@ -162,19 +158,22 @@ class Policy(_Config):
 
         Raises:
             ConfigurationError: unreadable file, unknown format, syntax error, unknown key or
-                invalid value; the message names the file and the field.
+                invalid value; the message names the file, the field and (where known) the line.
         """
-        path = Path(path)
+        document = read_document(path, what="policy")
+        return cls._validated(document.data, source=str(document.path), document=document)
+
+    @classmethod
+    def _validated(
+        cls, data: dict[str, Any], *, source: str, document: ConfigDocument | None
+    ) -> Policy:
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigurationError(f"{path}: cannot read policy file: {exc}") from None
-        data = _parse(path, text)
-        if data is None:
-            data = {}  # an empty (or all-comment) file means "the defaults"
-        if not isinstance(data, Mapping):
-            raise ConfigurationError(f"{path}: a policy file must hold a mapping at the top level")
-        return cls.from_mapping(data, source=str(path))
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            message = describe_validation_error(
+                exc, source=source, data=data, document=document, title="invalid policy"
+            )
+            raise ConfigurationError(message) from None
 
     # -- deciding ------------------------------------------------------------------------------
 
@@ -321,46 +320,3 @@ def _top_probability(verdict: Verdict) -> float | None:
 def _shorten(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
-
-
-def _parse(path: Path, text: str) -> Any:
-    suffix = path.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ConfigurationError(
-                f"{path}: reading YAML policies needs PyYAML: pip install 'traceguard-vl[yaml]'"
-            ) from None
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigurationError(f"{path}: invalid YAML: {exc}") from None
-    if suffix == ".toml":
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover - exercised on Python 3.10 only
-            import tomli as tomllib
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigurationError(f"{path}: invalid TOML: {exc}") from None
-    if suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"{path}: invalid JSON: {exc}") from None
-    raise ConfigurationError(
-        f"{path}: unknown policy format {suffix!r} (expected .yaml, .yml, .toml or .json)"
-    )
-
-
-def _describe_errors(source: str, exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors(include_url=False, include_input=False):
-        field = ".".join(str(part) for part in error["loc"]) or "<root>"
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        lines.append(f"{source}: {field}: {message}")
-    return "invalid policy:\n  " + "\n  ".join(lines)

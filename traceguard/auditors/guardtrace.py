@@ -12,8 +12,9 @@ import asyncio
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from traceguard import backends
 from traceguard._auditor import Auditor
 from traceguard._exceptions import (
     AuditorError,
@@ -36,6 +37,11 @@ from traceguard.auditors._guardtrace_format import (
 )
 from traceguard.auditors._guardtrace_prompts import PromptSet
 from traceguard.backends._base import ChatBackend, ChatRequest, Completion, TokenDistribution
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from traceguard.backends import LocalOptions, ServedOptions
 
 __all__ = ["GuardTraceAuditor"]
 
@@ -123,23 +129,28 @@ class GuardTraceAuditor(Auditor):
         on_image_error: Literal["invalid_input", "placeholder"] = "invalid_input",
         max_new_tokens: int = 2000,
         name: str | None = None,
-        **backend_kwargs: Any,
+        score_prefix: str = DEFAULT_SCORE_PREFIX,
+        min_mass: float = 0.5,
+        top_k: int = 20,
+        **backend: Unpack[LocalOptions],
     ) -> GuardTraceAuditor:
         """An auditor running ``model`` (a local folder or hub id) in process with transformers.
 
-        Needs the ``local`` extra; ``backend_kwargs`` go to ``TransformersBackend``.
+        Short for ``GuardTraceAuditor(backends.local(model, **backend), ...)``; needs the
+        ``local`` extra. The keywords after ``top_k`` are the backend's
+        (:class:`~traceguard.backends.LocalOptions`).
         """
-        from traceguard.backends.transformers import TransformersBackend
-
-        backend = TransformersBackend(model, **backend_kwargs)
         return cls(
-            backend,
+            backends.local(model, **backend),
             mode=mode,
             prompts=prompts,
             image_access=image_access,
             on_image_error=on_image_error,
             max_new_tokens=max_new_tokens,
             name=name,
+            score_prefix=score_prefix,
+            min_mass=min_mass,
+            top_k=top_k,
         )
 
     @classmethod
@@ -154,23 +165,28 @@ class GuardTraceAuditor(Auditor):
         on_image_error: Literal["invalid_input", "placeholder"] = "invalid_input",
         max_new_tokens: int = 2000,
         name: str | None = None,
-        **backend_kwargs: Any,
+        score_prefix: str = DEFAULT_SCORE_PREFIX,
+        min_mass: float = 0.5,
+        top_k: int = 20,
+        **backend: Unpack[ServedOptions],
     ) -> GuardTraceAuditor:
         """An auditor calling ``model`` on an OpenAI-compatible server (vLLM, SGLang, ...).
 
-        ``backend_kwargs`` go to ``OpenAICompatibleBackend`` (API key, timeouts, retries).
+        Short for ``GuardTraceAuditor(backends.served(base_url, model, **backend), ...)``. The
+        keywords after ``top_k`` are the backend's (:class:`~traceguard.backends.ServedOptions`:
+        API key variable, timeouts, retries, concurrency).
         """
-        from traceguard.backends.http import OpenAICompatibleBackend
-
-        backend = OpenAICompatibleBackend(base_url, model=model, **backend_kwargs)
         return cls(
-            backend,
+            backends.served(base_url, model, **backend),
             mode=mode,
             prompts=prompts,
             image_access=image_access,
             on_image_error=on_image_error,
             max_new_tokens=max_new_tokens,
             name=name,
+            score_prefix=score_prefix,
+            min_mass=min_mass,
+            top_k=top_k,
         )
 
     # -- drivers (the only I/O) ---------------------------------------------------------------

@@ -19,18 +19,24 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from traceguard import backends
+from traceguard._config_files import read_mapping
 from traceguard._exceptions import ConfigurationError, ParseError
 from traceguard._images import ImageAccess, ImageRef
-from traceguard._policy import _parse as parse_policy_text
 from traceguard.auditors._image_guard import ChatImageGuard, ImageFinding, NoImagePolicy
 from traceguard.backends._base import ChatBackend, ChatMessage, ChatRequest, ImagePart, TextPart
 from traceguard.taxonomy import LLAVAGUARD_CATEGORIES, OTHER_RISKS, from_llavaguard, llavaguard_code
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from traceguard.backends import LocalOptions, ServedOptions
 
 __all__ = [
     "CategoryMode",
@@ -41,6 +47,9 @@ __all__ = [
 ]
 
 CategoryMode = Literal["default", "non_violating", "sensitive"]
+DEFAULT_LOCAL_MODEL = "AIML-TUDA/LlavaGuard-v1.2-0.5B-OV-hf"
+LOCAL_MODEL_CLASS = "LlavaOnevisionForConditionalGeneration"
+"""The transformers class LlavaGuard's ``-hf`` checkpoints load with."""
 _MODES: tuple[str, ...] = ("default", "non_violating", "sensitive")
 _PACKAGE = "traceguard.prompts"
 _POLICY_FILE = "llavaguard_policy.txt"
@@ -120,15 +129,8 @@ class LlavaGuardPolicy:
     @classmethod
     def from_file(cls, path: str | Path) -> LlavaGuardPolicy:
         """Read the overrides from a JSON, TOML or YAML file (see :meth:`from_mapping`)."""
-        file = Path(path)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read LlavaGuard policy {str(file)!r}: {exc}") from exc
         # The same reader as Policy files, so one file can hold both.
-        data = parse_policy_text(file, text)
-        if not isinstance(data, Mapping):
-            raise ConfigurationError(f"{str(file)!r} does not hold a mapping")
+        data = read_mapping(path, what="LlavaGuard policy")
         return cls.from_mapping(data)
 
     def mode(self, code: str) -> CategoryMode:
@@ -314,25 +316,24 @@ class LlavaGuardAuditor(ChatImageGuard):
     @classmethod
     def local(
         cls,
-        model: str | Path = "AIML-TUDA/LlavaGuard-v1.2-0.5B-OV-hf",
+        model: str | Path = DEFAULT_LOCAL_MODEL,
         *,
         policy: LlavaGuardPolicy | None = None,
         image_access: ImageAccess | None = None,
         max_new_tokens: int = 500,
         no_image: NoImagePolicy = "safe",
         name: str | None = None,
-        **backend_kwargs: Any,
+        **backend: Unpack[LocalOptions],
     ) -> LlavaGuardAuditor:
         """LlavaGuard run in process with ``LlavaOnevisionForConditionalGeneration``.
 
-        Needs the ``local`` extra; ``backend_kwargs`` go to ``TransformersBackend``.
+        Short for ``LlavaGuardAuditor(backends.local(model, **backend), ...)``; needs the
+        ``local`` extra. The keywords after ``name`` are the backend's
+        (:class:`~traceguard.backends.LocalOptions`); ``model_class`` defaults to LLaVA-OneVision.
         """
-        from traceguard.backends.transformers import TransformersBackend
-
-        backend_kwargs.setdefault("model_class", "LlavaOnevisionForConditionalGeneration")
-        backend = TransformersBackend(model, **backend_kwargs)
+        backend.setdefault("model_class", LOCAL_MODEL_CLASS)
         return cls(
-            backend,
+            backends.local(model, **backend),
             policy=policy,
             image_access=image_access,
             max_new_tokens=max_new_tokens,
@@ -343,7 +344,7 @@ class LlavaGuardAuditor(ChatImageGuard):
     @classmethod
     def served(
         cls,
-        base_url: str | list[str],
+        base_url: str | Sequence[str],
         model: str,
         *,
         policy: LlavaGuardPolicy | None = None,
@@ -351,14 +352,15 @@ class LlavaGuardAuditor(ChatImageGuard):
         max_new_tokens: int = 500,
         no_image: NoImagePolicy = "safe",
         name: str | None = None,
-        **backend_kwargs: Any,
+        **backend: Unpack[ServedOptions],
     ) -> LlavaGuardAuditor:
-        """LlavaGuard on an OpenAI-compatible server (vLLM, SGLang); kwargs go to the backend."""
-        from traceguard.backends.http import OpenAICompatibleBackend
+        """LlavaGuard on an OpenAI-compatible server (vLLM, SGLang).
 
-        backend = OpenAICompatibleBackend(base_url, model=model, **backend_kwargs)
+        Short for ``LlavaGuardAuditor(backends.served(base_url, model, **backend), ...)``; the
+        keywords after ``name`` are the backend's (:class:`~traceguard.backends.ServedOptions`).
+        """
         return cls(
-            backend,
+            backends.served(base_url, model, **backend),
             policy=policy,
             image_access=image_access,
             max_new_tokens=max_new_tokens,

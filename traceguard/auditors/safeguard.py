@@ -14,17 +14,26 @@ evaluation counts such output as safe, traceguard reports it as unparseable.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
+from traceguard import backends
 from traceguard._exceptions import ConfigurationError, ParseError
 from traceguard._images import ImageAccess, ImageRef
 from traceguard.auditors._image_guard import ChatImageGuard, ImageFinding, NoImagePolicy
 from traceguard.backends._base import ChatBackend, ChatMessage, ChatRequest, ImagePart, TextPart
 
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from traceguard.backends import LocalOptions, ServedOptions
+
 __all__ = ["SafeGuardAuditor", "SafeGuardJudgement", "parse_safeguard_output"]
+
+DEFAULT_LOCAL_MODEL = "tyodd/SafeGuard-VL-RL"
 
 _PACKAGE = "traceguard.prompts"
 
@@ -147,22 +156,62 @@ class SafeGuardAuditor(ChatImageGuard):
         self._prompt = render_safeguard_prompt(self.policy, reasoning=reasoning)
 
     @classmethod
-    def local(cls, model: str | Path = "tyodd/SafeGuard-VL-RL", **kwargs: Any) -> SafeGuardAuditor:
-        """SafeGuard-VL-RL run in process (Qwen2.5-VL). Keyword arguments of this class go to
-        it; the rest go to ``TransformersBackend``."""
-        from traceguard.backends.transformers import TransformersBackend
+    def local(
+        cls,
+        model: str | Path = DEFAULT_LOCAL_MODEL,
+        *,
+        policy: str | Path | None = None,
+        reasoning: bool = True,
+        image_access: ImageAccess | None = None,
+        max_new_tokens: int | None = None,
+        no_image: NoImagePolicy = "safe",
+        name: str | None = None,
+        **backend: Unpack[LocalOptions],
+    ) -> SafeGuardAuditor:
+        """SafeGuard-VL-RL run in process (Qwen2.5-VL).
 
-        own = {k: kwargs.pop(k) for k in list(kwargs) if k in _OWN_OPTIONS}
-        return cls(TransformersBackend(model, **kwargs), **own)
+        Short for ``SafeGuardAuditor(backends.local(model, **backend), ...)``; needs the
+        ``local`` extra. The keywords after ``name`` are the backend's
+        (:class:`~traceguard.backends.LocalOptions`).
+        """
+        return cls(
+            backends.local(model, **backend),
+            policy=policy,
+            reasoning=reasoning,
+            image_access=image_access,
+            max_new_tokens=max_new_tokens,
+            no_image=no_image,
+            name=name,
+        )
 
     @classmethod
-    def served(cls, base_url: str | list[str], model: str, **kwargs: Any) -> SafeGuardAuditor:
-        """SafeGuard-VL-RL on an OpenAI-compatible server. Keyword arguments of this class go
-        to it; the rest go to ``OpenAICompatibleBackend``."""
-        from traceguard.backends.http import OpenAICompatibleBackend
+    def served(
+        cls,
+        base_url: str | Sequence[str],
+        model: str,
+        *,
+        policy: str | Path | None = None,
+        reasoning: bool = True,
+        image_access: ImageAccess | None = None,
+        max_new_tokens: int | None = None,
+        no_image: NoImagePolicy = "safe",
+        name: str | None = None,
+        **backend: Unpack[ServedOptions],
+    ) -> SafeGuardAuditor:
+        """SafeGuard-VL-RL on an OpenAI-compatible server.
 
-        own = {k: kwargs.pop(k) for k in list(kwargs) if k in _OWN_OPTIONS}
-        return cls(OpenAICompatibleBackend(base_url, model=model, **kwargs), **own)
+        Short for ``SafeGuardAuditor(backends.served(base_url, model, **backend), ...)``; the
+        keywords after ``name`` are the backend's (:class:`~traceguard.backends.ServedOptions`).
+        """
+        return cls(
+            backends.served(base_url, model, **backend),
+            policy=policy,
+            reasoning=reasoning,
+            image_access=image_access,
+            max_new_tokens=max_new_tokens,
+            no_image=no_image,
+            name=name,
+        )
 
     def build_request(self, image: ImageRef) -> ChatRequest:
         """Image first, then the policy and the instruction, in one user turn."""
@@ -177,8 +226,3 @@ class SafeGuardAuditor(ChatImageGuard):
             analysis=judgement.reasoning,
             details={"answer_source": judgement.source, "reasoning_mode": self.reasoning},
         )
-
-
-_OWN_OPTIONS = frozenset(
-    {"policy", "reasoning", "image_access", "max_new_tokens", "no_image", "name"}
-)

@@ -1,4 +1,7 @@
-"""Backends that run a vision-language model: local (transformers) or served (HTTP)."""
+"""Backends that run a vision-language model: local (transformers) or served (HTTP).
+
+Build one with :func:`local` or :func:`served` and hand it to an auditor as ``backend``.
+"""
 
 from traceguard.backends._base import (
     ChatBackend,
@@ -10,6 +13,7 @@ from traceguard.backends._base import (
     TextPart,
     TokenDistribution,
 )
+from traceguard.backends._factories import LocalOptions, ServedOptions, local, served
 from traceguard.backends.http import OpenAICompatibleBackend
 from traceguard.backends.transformers import TransformersBackend
 
@@ -20,8 +24,12 @@ __all__ = [
     "Completion",
     "ContentPart",
     "ImagePart",
+    "LocalOptions",
     "OpenAICompatibleBackend",
+    "ServedOptions",
     "TextPart",
     "TokenDistribution",
     "TransformersBackend",
+    "local",
+    "served",
 ]
