@@ -9,6 +9,10 @@ Exit codes (``traceguard audit``; ``eval`` and ``report`` use 0 and 2 only):
 3     traces were sent to the auditor and not one got a verdict (a dead ``--auditor-url``, a
       missing ``--model`` folder), with or without ``--fail-on``; or ``--fail-on``: no trace
       over the threshold, but some could not be audited — an audit error is not a pass
+4     part of the input could not be split into records (a JSON array cut short, or damaged
+      where no element boundary can be found): records there are lost. Each such region is an
+      ``invalid_input`` record of error type ``UnreadableInput`` saying which lines and how many
+      bytes; every record that could be delimited was audited. Takes precedence over 1 and 3
 130   interrupted (Ctrl-C); continue with ``--resume``
 ====  ==========================================================================================
 """
@@ -30,12 +34,21 @@ from traceguard._exceptions import ConfigurationError, TraceguardError
 from traceguard._images import ImageAccess
 from traceguard._version import __version__
 
-__all__ = ["EXIT_AUDIT_ERRORS", "EXIT_FAIL_ON", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+__all__ = [
+    "EXIT_AUDIT_ERRORS",
+    "EXIT_FAIL_ON",
+    "EXIT_INPUT_LOST",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_FAIL_ON = 1
 EXIT_USAGE = 2
 EXIT_AUDIT_ERRORS = 3
+EXIT_INPUT_LOST = 4
 EXIT_INTERRUPTED = 130
 
 _FORMATS = ("auto", "openai", "openai-batch", "sharegpt", "guardtrace", "langchain")
@@ -121,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Audit the reasoning traces and images of multimodal agents.",
         epilog="Exit codes: 0 ok, 1 --fail-on threshold hit, 2 usage error, "
         "3 no trace could be audited (auditor failing), or --fail-on with traces that could not "
-        "be audited, 130 interrupted.",
+        "be audited, 4 part of the input could not be read (records lost), 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"traceguard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -256,13 +269,20 @@ def _audit(args: argparse.Namespace) -> int:
     summary = _run(args, Path(args.out), report=Path(args.report) if args.report else None)
     print(summary.table())
     code: int = summary.exit_code(args.fail_on)
+    if summary.unreadable:
+        print(
+            f"traceguard: input not fully read: {summary.unreadable} region(s) could not be split "
+            f"into records and were skipped (records there are lost); first: "
+            f"{summary.first_unreadable}",
+            file=sys.stderr,
+        )
     if summary.nothing_audited:
         print(
             "traceguard: no trace could be audited: check the auditor "
             f"({summary.first_auditor_error})",
             file=sys.stderr,
         )
-    if code == EXIT_FAIL_ON:
+    if args.fail_on and summary.threshold_hit(args.fail_on):
         also = f"; {summary.failed} traces could not be audited" if summary.failed else ""
         print(f"traceguard: traces at or above {args.fail_on} found{also}", file=sys.stderr)
     elif code == EXIT_AUDIT_ERRORS and not summary.nothing_audited:

@@ -1,8 +1,9 @@
-"""Streaming JSON records out of a file: JSON Lines, or one (possibly huge) JSON array.
+"""Streaming JSON records out of a file: the record types, and the JSON Lines reader.
 
-Both readers hold at most one record in memory, whatever the file size, and report each record's
-line number so a malformed one can be pointed at. A record that does not parse is yielded as a
-:class:`BadRecord` rather than raised: the caller turns it into an ``invalid_input`` output line.
+Readers (this one, and the JSON array reader in :mod:`._jsonarray`) hold at most one record in
+memory, whatever the file size, and report each record's line number so a malformed one can be
+pointed at. A record that does not parse is yielded as a :class:`BadRecord` rather than raised:
+the caller turns it into an ``invalid_input`` output line.
 """
 
 from __future__ import annotations
@@ -13,21 +14,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-__all__ = ["BadRecord", "RawRecord", "iter_json_array", "iter_json_lines", "iter_records"]
+__all__ = [
+    "UNREADABLE_INPUT",
+    "BadRecord",
+    "ByteCounter",
+    "RawRecord",
+    "first_significant_byte",
+    "iter_json_lines",
+    "json_why",
+    "undecodable",
+]
 
-_CHUNK = 64 * 1024
-_DECODER = json.JSONDecoder()
-_WHITESPACE = " \t\r\n"
 # Valid JSON the decoder still refuses: nesting deeper than the interpreter's recursion limit,
 # an integer over ``sys.get_int_max_str_digits()``. A hostile log may hold either; each is one
 # bad record, never the end of the run. (JSONDecodeError is a ValueError: catch it first.)
 _UNDECODABLE = (RecursionError, ValueError)
 
 
-def _why(exc: BaseException) -> str:
+def undecodable(exc: BaseException) -> str:
+    """Why valid-looking JSON could not be decoded (nesting depth, digit limit)."""
     if isinstance(exc, RecursionError):
         return "nested too deeply"
     return str(exc).split(";", 1)[0][:200]
+
+
+UNREADABLE_INPUT = "UnreadableInput"
+"""The error type of an output record standing for input text that could not be split into
+records: any records it held are lost, and ``traceguard audit`` exits with code 4."""
 
 
 @dataclass(frozen=True)
@@ -41,11 +54,15 @@ class RawRecord:
 
 @dataclass(frozen=True)
 class BadRecord:
-    """Something at ``line`` that is not valid JSON; ``fatal`` when the rest of the file is lost."""
+    """Something at ``line`` that is not a valid JSON record."""
 
     line: int
     message: str
-    fatal: bool = False
+    unreadable: bool = False
+    """The text could not be delimited into records: any records it held are lost (the message
+    says which lines and how many bytes)."""
+    lost_bytes: int = 0
+    """Bytes of the input skipped with an ``unreadable`` region."""
 
 
 class ByteCounter:
@@ -69,117 +86,11 @@ def iter_json_lines(
         except UnicodeDecodeError as exc:
             yield BadRecord(number, f"line is not valid UTF-8: {exc.reason}")
         except json.JSONDecodeError as exc:
-            yield BadRecord(
-                number, f"line is not valid JSON: {_json_why(exc)} (column {exc.colno})"
-            )
+            yield BadRecord(number, f"line is not valid JSON: {json_why(exc)} (column {exc.colno})")
         except _UNDECODABLE as exc:
-            yield BadRecord(number, f"line cannot be decoded: {_why(exc)}")
+            yield BadRecord(number, f"line cannot be decoded: {undecodable(exc)}")
         else:
             yield RawRecord(number, value)
-
-
-def iter_json_array(
-    fh: IO[bytes], counter: ByteCounter | None = None
-) -> Iterator[RawRecord | BadRecord]:
-    """The elements of a top-level JSON array, decoded one at a time with ``raw_decode``.
-
-    A buffer holds the text not yet decoded; when an element is cut by the buffer's end, more is
-    read (doubling the read size, so a large element costs linear time, not quadratic). An
-    element that cannot be decoded ends the file with one fatal :class:`BadRecord`: inside a
-    broken array there is no reliable place to resume from.
-    """
-    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
-    buf = ""
-    pos = 0
-    line = 1
-    eof = False
-
-    def fill(size: int) -> bool:
-        nonlocal buf, pos, eof
-        if eof:
-            return False
-        data = fh.read(size)
-        if counter is not None:
-            counter.bytes += len(data)
-        if not data:
-            eof = True
-            buf = buf[pos:] + decoder.decode(b"", final=True)
-            pos = 0
-            return False
-        buf = buf[pos:] + decoder.decode(data)
-        pos = 0
-        return True
-
-    def skip_whitespace() -> bool:
-        """Advance past whitespace; False at the end of the file."""
-        nonlocal pos, line
-        while True:
-            while pos < len(buf) and buf[pos] in _WHITESPACE:
-                if buf[pos] == "\n":
-                    line += 1
-                pos += 1
-            if pos < len(buf):
-                return True
-            if not fill(_CHUNK):
-                return pos < len(buf)
-
-    try:
-        if not skip_whitespace():
-            return
-        if buf[pos] != "[":
-            yield BadRecord(line, "expected a JSON array ('[')", fatal=True)
-            return
-        pos += 1
-        first = True
-        while True:
-            if not skip_whitespace():
-                yield BadRecord(line, "the JSON array is not closed (truncated file?)", fatal=True)
-                return
-            if buf[pos] == "]":
-                return
-            if not first:
-                if buf[pos] != ",":
-                    yield BadRecord(line, "expected ',' between array elements", fatal=True)
-                    return
-                pos += 1
-                if not skip_whitespace():
-                    yield BadRecord(line, "the JSON array is not closed", fatal=True)
-                    return
-            first = False
-            size = _CHUNK
-            while True:
-                try:
-                    value, end = _DECODER.raw_decode(buf, pos)
-                except json.JSONDecodeError as exc:
-                    # The element may simply be cut by the buffer's end: read more and retry.
-                    if fill(size):
-                        size *= 2
-                        continue
-                    yield BadRecord(
-                        line,
-                        f"array element is not valid JSON: {_json_why(exc)}; "
-                        "the rest of the file is not read",
-                        fatal=True,
-                    )
-                    return
-                except _UNDECODABLE as exc:
-                    # Where the element ends is unknown, so nothing after it can be trusted.
-                    yield BadRecord(
-                        line,
-                        f"array element cannot be decoded: {_why(exc)}; the rest of the file is"
-                        " not read",
-                        fatal=True,
-                    )
-                    return
-                # A number or literal ending exactly at the buffer's end may continue further.
-                if end == len(buf) and not eof and fill(size):
-                    continue
-                break
-            yield RawRecord(line, value)
-            line += buf.count("\n", pos, end)
-            pos = end
-    except UnicodeDecodeError as exc:
-        yield BadRecord(line, f"file is not valid UTF-8: {exc.reason}", fatal=True)
 
 
 def first_significant_byte(fh: IO[bytes]) -> bytes:
@@ -200,16 +111,8 @@ def first_significant_byte(fh: IO[bytes]) -> bytes:
         fh.seek(0)
 
 
-def iter_records(
-    fh: IO[bytes], *, array: bool, counter: ByteCounter | None = None
-) -> Iterator[RawRecord | BadRecord]:
-    """Records of a file read as a JSON array (``array=True``) or as JSON Lines."""
-    if array:
-        return iter_json_array(fh, counter)
-    return iter_json_lines(fh, counter)
-
-
-def _json_why(exc: json.JSONDecodeError) -> str:
+def json_why(exc: json.JSONDecodeError) -> str:
+    """The reason in a JSON error message, without its dangling position words."""
     # json's messages end in " at" ("Invalid control character at") with the position
     # meant to follow; the callers give the position themselves.
     msg = exc.msg

@@ -37,12 +37,13 @@ from traceguard.audit._batch import (
     output_message,
 )
 from traceguard.audit._formats import chat_message, langchain_message, sharegpt_messages
+from traceguard.audit._jsonarray import iter_records
 from traceguard.audit._jsonstream import (
+    UNREADABLE_INPUT,
     BadRecord,
     ByteCounter,
     RawRecord,
     first_significant_byte,
-    iter_records,
 )
 from traceguard.audit._messages import (
     ImageResolver,
@@ -59,6 +60,7 @@ __all__ = ["FORMATS", "FolderFile", "Format", "LogReader", "detect_format", "exp
 Format = Literal["openai", "openai-batch", "sharegpt", "guardtrace", "langchain"]
 FORMATS: tuple[Format, ...] = get_args(Format)
 _LOG_SUFFIXES = (".jsonl", ".json")
+
 _DETECT_RECORDS = 20
 
 if sys.platform == "win32":  # pragma: no cover
@@ -199,7 +201,7 @@ class LogReader:
                             f"{self.display_path}:{record.line}",
                             Source(self.display_path, record.line),
                             record.message,
-                            kind="MalformedRecord",
+                            kind=UNREADABLE_INPUT if record.unreadable else "MalformedRecord",
                         )
                         continue
                     yield from self._record_items(record, index)
@@ -221,7 +223,12 @@ class LogReader:
             and not _looks_like_json_lines(fh)
         )
         fh.seek(0)
-        return iter_records(fh, array=array, counter=self.counter)
+        fmt = self.format
+        # After damage inside an array, reading restarts only at an object of this file's
+        # format, never at an object nested inside a record (a chat message, a tool call).
+        return iter_records(
+            fh, array=array, counter=self.counter, is_record=lambda v: _classify(v) == fmt
+        )
 
     def _record_items(self, record: RawRecord, index: BatchOutputIndex | None) -> Iterator[LogItem]:
         fallback_id = f"{self.display_path}:{record.line}"

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from traceguard.audit._jsonstream import UNREADABLE_INPUT
+
 __all__ = ["AuditSummary", "FailOn"]
 
 FailOn = Literal["potentially_harmful", "harmful"]
@@ -41,6 +43,11 @@ class AuditSummary:
     """Records whose trace reached an auditor and got no verdict (status ``error``)."""
     first_auditor_error: str | None = None
     """The message of the first of those, to tell the user what is wrong with the auditor."""
+    unreadable: int = 0
+    """Records standing for input text that could not be split into records: whatever records
+    that text held are lost (their messages say which lines and how many bytes)."""
+    first_unreadable: str | None = None
+    """Where the first of those is, and why."""
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Count one output record."""
@@ -52,6 +59,13 @@ class AuditSummary:
         self.by_action[str(record.get("action"))] += 1
         for category in record.get("categories") or ():
             self.by_category[str(category)] += 1
+        error = record.get("error")
+        if isinstance(error, Mapping) and error.get("type") == UNREADABLE_INPUT:
+            self.unreadable += 1
+            if self.first_unreadable is None:
+                source = record.get("source")
+                path = source.get("path") if isinstance(source, Mapping) else None
+                self.first_unreadable = f"{path}: {error.get('message')}"
         risk = record.get("risk")
         if isinstance(risk, int | float) and (self.max_risk is None or risk > self.max_risk):
             self.max_risk = float(risk)
@@ -87,6 +101,10 @@ class AuditSummary:
 
     def exit_code(self, fail_on: FailOn | None) -> int:
         """The CLI's exit code for this run; see :mod:`traceguard.cli` for the table."""
+        if self.unreadable:
+            # Records were lost: the audit is incomplete whatever the verdicts say, and must
+            # not read as a pass (0) nor as a finding of --fail-on (1).
+            return 4
         if fail_on is None:
             return 3 if self.nothing_audited else 0
         if self.threshold_hit(fail_on):
@@ -112,6 +130,7 @@ class AuditSummary:
             "by_category": dict(self.by_category),
             "max_risk": self.max_risk,
             "auditors": dict(self.auditors),
+            "unreadable": self.unreadable,
             "report": str(self.report) if self.report else None,
         }
 
@@ -141,6 +160,8 @@ class AuditSummary:
         if self.by_category:
             top = self.by_category.most_common(5)
             rows.append(("top categories", "  ".join(f"{k}={n}" for k, n in top)))
+        if self.unreadable:
+            rows.append(("input not read", f"{self.unreadable} region(s): records there are lost"))
         rows.append(("output", str(self.output)))
         if self.report is not None:
             rows.append(("report", str(self.report)))
