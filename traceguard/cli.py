@@ -13,6 +13,9 @@ Exit codes (``traceguard audit``; ``eval`` and ``report`` use 0 and 2 only):
       where no element boundary can be found): records there are lost. Each such region is an
       ``invalid_input`` record of error type ``UnreadableInput`` saying which lines and how many
       bytes; every record that could be delimited was audited. Takes precedence over 1 and 3
+5     a file could not be written or read (disk full, quota exceeded, permissions, I/O error).
+      The verdicts already written are whole lines: free space and run the same command again
+      with ``--resume``
 130   interrupted (Ctrl-C); continue with ``--resume``
 ====  ==========================================================================================
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -38,6 +42,7 @@ __all__ = [
     "EXIT_AUDIT_ERRORS",
     "EXIT_FAIL_ON",
     "EXIT_INPUT_LOST",
+    "EXIT_IO_ERROR",
     "EXIT_OK",
     "EXIT_USAGE",
     "build_parser",
@@ -49,6 +54,7 @@ EXIT_FAIL_ON = 1
 EXIT_USAGE = 2
 EXIT_AUDIT_ERRORS = 3
 EXIT_INPUT_LOST = 4
+EXIT_IO_ERROR = 5
 EXIT_INTERRUPTED = 130
 
 _FORMATS = ("auto", "openai", "openai-batch", "sharegpt", "guardtrace", "langchain")
@@ -134,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Audit the reasoning traces and images of multimodal agents.",
         epilog="Exit codes: 0 ok, 1 --fail-on threshold hit, 2 usage error, "
         "3 no trace could be audited (auditor failing), or --fail-on with traces that could not "
-        "be audited, 4 part of the input could not be read (records lost), 130 interrupted.",
+        "be audited, 4 part of the input could not be read (records lost), 5 a file could not be "
+        "written or read (disk full: free space, then --resume), 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"traceguard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -340,6 +347,16 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _io_problem(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return (
+            f"disk full: cannot write{where} ({exc.strerror}). The verdicts written so far are "
+            "whole lines: free space, then run the same command with --resume"
+        )
+    return f"cannot access{where}: {exc.strerror or exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     try:
@@ -352,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TraceguardError as exc:
         print(f"traceguard: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        print(f"traceguard: error: {_io_problem(exc)}", file=sys.stderr)
+        return EXIT_IO_ERROR
     except KeyboardInterrupt:
         print("\ntraceguard: interrupted; run again with --resume to continue", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -4,6 +4,9 @@ Crash safety rests on three rules. Lines are written in input order, so the file
 prefix of the full output. Each line goes out in a single unbuffered ``write`` (a ``kill -9``
 can only tear the last line, and only mid-write). On resume, a torn last line is cut off and
 the complete lines are checked against the input before they are skipped.
+
+A write that fails (a full disk, a quota) is undone before the error is raised: the file is cut
+back to its last whole line, so it stays a prefix of the output that ``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -74,28 +77,53 @@ class OutputWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Unbuffered: each record reaches the kernel in one write() call, never split by a buffer.
         self._fh: IO[bytes] = path.open("ab" if append else "wb", buffering=0)
+        self._whole = self._fh.seek(0, os.SEEK_END)
+        """Bytes up to the end of the last line written whole."""
         self._fsync_every = fsync_every
         self._unsynced = 0
         self.lines = 0
 
     def write(self, line: bytes) -> None:
-        """Write one encoded record (ending with a newline)."""
+        """Write one encoded record (ending with a newline).
+
+        Raises:
+            OSError: the line could not be written (``errno`` says why; ``filename`` is the
+                output). Any part of it that reached the file has been cut off again.
+        """
         view = memoryview(line)
-        while view:
-            view = view[self._fh.write(view) :]
+        try:
+            while view:
+                view = view[self._fh.write(view) :]
+        except OSError as exc:
+            self._undo_torn_line()
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+        self._whole += len(line)
         self.lines += 1
         self._unsynced += 1
         if self._unsynced >= self._fsync_every:
             self.sync()
 
+    def _undo_torn_line(self) -> None:
+        # Shrinking a file needs no free space; if even this fails, --resume cuts the tail.
+        try:
+            os.ftruncate(self._fh.fileno(), self._whole)
+            self._fh.seek(self._whole)
+        except OSError:
+            pass
+
     def sync(self) -> None:
         """Force written lines to disk."""
         if self._unsynced:
-            os.fsync(self._fh.fileno())
+            try:
+                os.fsync(self._fh.fileno())
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
             self._unsynced = 0
 
     def close(self) -> None:
-        """Sync and close."""
+        """Sync and close (the file is closed even when the sync fails)."""
         if not self._fh.closed:
-            self.sync()
-            self._fh.close()
+            try:
+                self.sync()
+            finally:
+                self._fh.close()

@@ -4,12 +4,17 @@ Keys combine :meth:`Trace.content_hash` (everything the auditor sees) with the a
 mode, so switching auditor or mode never reuses a verdict. Only ``OK`` verdicts are stored: an
 auditor error or an unparseable output may well succeed next time, and caching it would turn a
 transient failure into a permanent one.
+
+A cache that stops working mid-run (a full disk, a damaged file) is switched off, not fatal: the
+run goes on auditing every trace, and :attr:`VerdictCache.disabled` says why.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -29,6 +34,8 @@ CREATE TABLE IF NOT EXISTS verdicts (
 )
 """
 _COMMIT_EVERY = 200
+
+_log = logging.getLogger("traceguard.audit.cache")
 
 
 def cache_key(trace: Trace, auditor: str, mode: str) -> str:
@@ -102,14 +109,35 @@ class VerdictCache:
             self._db.execute(_SCHEMA)
             self._db.commit()
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == getattr(sqlite3, "SQLITE_FULL", 13):
+                raise OSError(errno.ENOSPC, str(exc), str(self.path)) from exc
             raise ConfigurationError(f"cannot open the verdict cache {self.path}: {exc}") from exc
         self._pending = 0
         self.hits = 0
         self.misses = 0
+        self.disabled: str | None = None
+        """Why the cache stopped working mid-run (then it neither reads nor writes), or None."""
+
+    def _disable(self, exc: sqlite3.Error) -> None:
+        if self.disabled is None:
+            self.disabled = f"{type(exc).__name__}: {exc}"
+            _log.warning("verdict cache %s switched off: %s", self.path, self.disabled)
+        self._pending = 0
+        try:
+            self._db.rollback()
+        except sqlite3.Error:
+            pass
 
     def get(self, key: str) -> Verdict | None:
         """The cached verdict for ``key``, or None."""
-        row = self._db.execute("SELECT verdict FROM verdicts WHERE key = ?", (key,)).fetchone()
+        if self.disabled is not None:
+            self.misses += 1
+            return None
+        try:
+            row = self._db.execute("SELECT verdict FROM verdicts WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            self._disable(exc)
+            row = None
         if row is None:
             self.misses += 1
             return None
@@ -128,19 +156,27 @@ class VerdictCache:
 
     def put(self, key: str, verdict: Verdict) -> None:
         """Store an OK verdict; failed verdicts are ignored on purpose."""
-        if not verdict.is_ok:
+        if not verdict.is_ok or self.disabled is not None:
             return
-        self._db.execute(
-            "INSERT OR REPLACE INTO verdicts (key, verdict) VALUES (?, ?)", (key, _encode(verdict))
-        )
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO verdicts (key, verdict) VALUES (?, ?)",
+                (key, _encode(verdict)),
+            )
+        except sqlite3.Error as exc:
+            self._disable(exc)
+            return
         self._pending += 1
         if self._pending >= _COMMIT_EVERY:
             self.flush()
 
     def flush(self) -> None:
-        """Commit pending writes."""
-        if self._pending:
-            self._db.commit()
+        """Commit pending writes (lost, with the cache switched off, if the commit fails)."""
+        if self._pending and self.disabled is None:
+            try:
+                self._db.commit()
+            except sqlite3.Error as exc:
+                self._disable(exc)
             self._pending = 0
 
     def __len__(self) -> int:

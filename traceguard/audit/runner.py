@@ -187,6 +187,7 @@ class _Run:
             )
             self.summary.report = self.report
         self.summary.elapsed_s = time.monotonic() - self.started
+        self.summary.cache_disabled = self.cache.disabled if self.cache is not None else None
         return self.summary
 
     def close(self) -> None:

@@ -48,6 +48,8 @@ class AuditSummary:
     that text held are lost (their messages say which lines and how many bytes)."""
     first_unreadable: str | None = None
     """Where the first of those is, and why."""
+    cache_disabled: str | None = None
+    """Why the verdict cache stopped working mid-run (a full disk), when it did."""
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Count one output record."""
@@ -160,6 +162,8 @@ class AuditSummary:
         if self.by_category:
             top = self.by_category.most_common(5)
             rows.append(("top categories", "  ".join(f"{k}={n}" for k, n in top)))
+        if self.cache_disabled:
+            rows.append(("cache", f"switched off mid-run ({self.cache_disabled})"))
         if self.unreadable:
             rows.append(("input not read", f"{self.unreadable} region(s): records there are lost"))
         rows.append(("output", str(self.output)))
