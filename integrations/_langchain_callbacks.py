@@ -19,13 +19,13 @@ from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, GenerationChunk, LLMResult
 
+from traceguard._chat import RequestContext
 from traceguard._decision import Decision
 from traceguard._exceptions import Blocked, Escalated
 from traceguard._guard import Guard
 from traceguard._reasoning import ReasoningStream, split_think_tags
 from traceguard._trace import ToolCall, Trace
 
-from ._context import RequestContext
 from ._langchain_messages import output_of, request_context
 
 __all__ = ["AsyncTraceguardCallbackHandler", "OnRedact", "TraceguardCallbackHandler"]

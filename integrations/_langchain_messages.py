@@ -7,17 +7,20 @@ Pure functions over langchain-core message objects; no I/O. Image parts become
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 
-from traceguard._images import ImageRef
+from traceguard._chat import (
+    RequestContext,
+    arguments_text,
+    langchain_message,
+    langchain_tool_calls,
+    split_last_user,
+)
 from traceguard._reasoning import extract_langchain_message
-from traceguard._trace import ToolCall, Turn
-
-from ._context import RequestContext, base64_image_ref, split_last_user, url_image_ref
+from traceguard._trace import ToolCall
 
 __all__ = [
     "as_chunk",
@@ -26,14 +29,6 @@ __all__ = [
     "request_context",
 ]
 
-_ROLES = {
-    "human": "user",
-    "ai": "assistant",
-    "system": "system",
-    "developer": "system",
-    "tool": "tool",
-    "function": "tool",
-}
 # Content blocks that carry reasoning rather than answer text, in the forms LangChain providers use.
 _REASONING_BLOCKS = frozenset({"reasoning", "thinking", "redacted_thinking"})
 _TEXT_BLOCKS = frozenset({"text", "output_text"})
@@ -46,86 +41,6 @@ _RAW_TOOL_KWARGS = ("tool_calls", "function_call")
 # -- the request ------------------------------------------------------------------------------
 
 
-def _image_block(block: Mapping[str, Any]) -> ImageRef | str | None:
-    """An image content block as a ref, or a text placeholder when it names a provider file."""
-    kind = block.get("type")
-    if kind == "image_url":  # OpenAI chat format
-        return url_image_ref(block.get("image_url"))
-    source = block.get("source")
-    if isinstance(source, Mapping):  # Anthropic native format
-        if source.get("type") == "base64":
-            return base64_image_ref(source.get("data"), source.get("media_type"))
-        return url_image_ref(source.get("url"))
-    # langchain-core 1.x standard blocks, and the v0 form with ``source_type``/``data``.
-    if block.get("base64") is not None:
-        return base64_image_ref(block.get("base64"), block.get("mime_type"))
-    if block.get("source_type") == "base64":
-        return base64_image_ref(block.get("data"), block.get("mime_type"))
-    if block.get("url") is not None:
-        return url_image_ref(block.get("url"))
-    file_id = block.get("file_id") or block.get("id")
-    if block.get("source_type") == "id" or block.get("file_id") is not None:
-        return f"[image file {file_id}]"
-    return None
-
-
-def _content(content: Any) -> tuple[str, tuple[ImageRef, ...]]:
-    """The text and images of a non-AI message's content (a string or a list of blocks)."""
-    if isinstance(content, str):
-        return content, ()
-    texts: list[str] = []
-    images: list[ImageRef] = []
-    for block in content if isinstance(content, Iterable) else ():
-        if isinstance(block, str):
-            texts.append(block)
-            continue
-        if not isinstance(block, Mapping):
-            continue
-        kind = block.get("type")
-        if kind in _TEXT_BLOCKS and isinstance(block.get("text"), str):
-            texts.append(block["text"])
-        elif kind in ("image", "image_url"):
-            found = _image_block(block)
-            if isinstance(found, ImageRef):
-                images.append(found)
-            elif found is not None:
-                texts.append(found)
-    return "\n".join(texts), tuple(images)
-
-
-def _tool_calls(message: AIMessage) -> tuple[ToolCall, ...]:
-    calls = [
-        ToolCall(name=call["name"], arguments=_dump_args(call["args"]), id=call.get("id"))
-        for call in message.tool_calls
-    ]
-    # Calls whose arguments did not parse are still what the model said: audit them too.
-    calls.extend(
-        ToolCall(name=call.get("name") or "", arguments=call.get("args") or "", id=call.get("id"))
-        for call in message.invalid_tool_calls
-    )
-    return tuple(calls)
-
-
-def _dump_args(args: Any) -> str:
-    try:
-        return json.dumps(args, ensure_ascii=False, sort_keys=True)
-    except (TypeError, ValueError):
-        return str(args)
-
-
-def _turn(message: BaseMessage) -> Turn:
-    role = _ROLES.get(message.type, getattr(message, "role", None) or message.type)
-    if isinstance(message, AIMessage):
-        # Earlier thinking is left out: the auditor grades this turn's thinking, and the
-        # conversation as the user saw it.
-        _, response = extract_langchain_message(message)
-        lines = [response] if response else []
-        lines.extend(call.render() for call in _tool_calls(message))
-        return Turn(role=role, content="\n".join(lines))
-    text, images = _content(message.content)
-    return Turn(role=role, content=text, images=images)
-
-
 def request_context(
     messages: Sequence[BaseMessage],
     *,
@@ -134,11 +49,11 @@ def request_context(
 ) -> RequestContext:
     """The last human message is the query (with its images); every other message is history.
 
-    In a tool-calling loop the history therefore holds the earlier model turns (with their tool
-    calls) and the tool results, in order, so each model call is audited with the conversation
-    so far.
+    Messages are read by :mod:`traceguard._chat`, the parser every path shares, in lenient
+    mode: the provider accepted them already, so a block it cannot read is named, never raised.
     """
-    return split_last_user([_turn(message) for message in messages], model=model, metadata=metadata)
+    turns = [langchain_message(message.type, message, strict=False) for message in messages]
+    return split_last_user(turns, model=model, metadata=metadata)
 
 
 # -- the output -------------------------------------------------------------------------------
@@ -147,7 +62,7 @@ def request_context(
 def output_of(message: BaseMessage) -> tuple[str | None, str, tuple[ToolCall, ...]]:
     """``(thinking, response, tool_calls)`` of a model's output message."""
     thinking, response = extract_langchain_message(message)
-    calls = _tool_calls(message) if isinstance(message, AIMessage) else ()
+    calls = langchain_tool_calls(message) if isinstance(message, AIMessage) else ()
     return thinking, response, calls
 
 
@@ -204,7 +119,7 @@ def as_chunk(message: AIMessage) -> AIMessageChunk:
             {
                 "type": "tool_call_chunk",
                 "name": call["name"],
-                "args": _dump_args(call["args"]),
+                "args": arguments_text(call["args"]),
                 "id": call.get("id"),
                 "index": index,
             }

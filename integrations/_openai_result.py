@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from traceguard._reasoning import extract_chat_message, extract_responses_output
+from traceguard._chat import chat_message, tool_call
+from traceguard._reasoning import extract_responses_output
 from traceguard._streaming import Edit
 from traceguard._trace import ToolCall, Trace
 
@@ -36,33 +37,19 @@ REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
 """Provider extras on chat messages and deltas that carry the thinking."""
 
 
-def _chat_tool_calls(message: ChatCompletionMessage) -> tuple[ToolCall, ...]:
-    calls: list[ToolCall] = []
-    for call in message.tool_calls or ():
-        function = getattr(call, "function", None)
-        if function is not None:
-            calls.append(ToolCall(name=function.name, arguments=function.arguments, id=call.id))
-        else:  # custom tools carry free-form input instead of JSON arguments
-            custom = getattr(call, "custom", None)
-            name = getattr(custom, "name", "custom")
-            calls.append(ToolCall(name=name, arguments=getattr(custom, "input", ""), id=call.id))
-    if message.function_call is not None:  # the deprecated single-function form
-        fc = message.function_call
-        calls.append(ToolCall(name=fc.name, arguments=fc.arguments))
-    return tuple(calls)
-
-
 def chat_traces(context: RequestContext, completion: ChatCompletion) -> list[Trace]:
     """One trace per choice: every choice is output the caller could read."""
     traces = []
     for choice in completion.choices:
-        thinking, response = extract_chat_message(choice.message)
+        # The request's parser reads the answer too: thinking, text, tool calls (function,
+        # custom, and the deprecated function_call) come out as they would from a log.
+        message = chat_message(choice.message, strict=False)
         traces.append(
             output_trace(
                 context,
-                response=response,
-                thinking=thinking,
-                tool_calls=_chat_tool_calls(choice.message),
+                response=message.text,
+                thinking=message.thinking,
+                tool_calls=message.tool_calls,
                 choice=choice.index,
             )
         )
@@ -103,13 +90,11 @@ def edit_chat(
 
 def responses_tool_calls(items: Sequence[Any]) -> tuple[ToolCall, ...]:
     """Function calls among Responses output items."""
-    calls = []
-    for item in items:
-        if getattr(item, "type", None) == "function_call":
-            calls.append(ToolCall(name=item.name, arguments=item.arguments, id=item.call_id))
-        elif getattr(item, "type", None) == "custom_tool_call":
-            calls.append(ToolCall(name=item.name, arguments=item.input, id=item.call_id))
-    return tuple(calls)
+    return tuple(
+        tool_call(item)
+        for item in items
+        if getattr(item, "type", None) in ("function_call", "custom_tool_call")
+    )
 
 
 def response_trace(context: RequestContext, response: Response) -> Trace:

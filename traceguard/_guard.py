@@ -15,7 +15,7 @@ from traceguard._exceptions import AuditorError, Blocked, Escalated
 from traceguard._policy import Policy
 from traceguard._sinks import AuditRecord, BackgroundSink, Sink
 from traceguard._trace import Trace
-from traceguard._verdict import AuditStatus, Label, Verdict
+from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 
 __all__ = ["Guard"]
 
@@ -158,6 +158,33 @@ class Guard:
     # -- the shared steps ----------------------------------------------------------------------
 
     def _audit_sync(self, traces: list[Trace]) -> list[Verdict]:
+        graded = [trace for trace in traces if not trace.is_empty]
+        return self._with_empty(traces, self._grade_sync(graded) if graded else [])
+
+    async def _audit_async(self, traces: list[Trace]) -> list[Verdict]:
+        graded = [trace for trace in traces if not trace.is_empty]
+        return self._with_empty(traces, await self._grade_async(graded) if graded else [])
+
+    def _with_empty(self, traces: list[Trace], graded: list[Verdict]) -> list[Verdict]:
+        # An empty trace is never graded: an auditor shown nothing answers "safe", and that
+        # verdict would vouch for output nobody has seen. It is invalid input, which the policy
+        # maps to its own action and the sinks record like any other verdict.
+        verdicts = iter(graded)
+        return [
+            Verdict.failed(
+                AuditStatus.INVALID_INPUT,
+                auditor=self._name,
+                error=ErrorInfo(
+                    "EmptyTrace",
+                    "nothing to audit: no query, thinking, response, tool call or image",
+                ),
+            )
+            if trace.is_empty
+            else next(verdicts)
+            for trace in traces
+        ]
+
+    def _grade_sync(self, traces: list[Trace]) -> list[Verdict]:
         try:
             if len(traces) == 1:
                 verdicts = [self.auditor.audit(traces[0])]
@@ -167,7 +194,7 @@ class Guard:
             return self._failed(traces, exc)
         return self._checked(traces, verdicts)
 
-    async def _audit_async(self, traces: list[Trace]) -> list[Verdict]:
+    async def _grade_async(self, traces: list[Trace]) -> list[Verdict]:
         try:
             if len(traces) == 1:
                 verdicts = [await self.auditor.aaudit(traces[0])]

@@ -1,29 +1,34 @@
 """From a chat conversation (any log format) to the traces to audit, one per assistant turn.
 
-Every reader first turns its format into a list of :class:`Message`; :func:`conversation_items`
-then applies the one rule all formats share: each assistant turn is audited together with the
-user turn before it, and every earlier turn becomes the trace's history.
+Every reader first turns its format into a list of :class:`~traceguard._chat.Message` (through
+:mod:`traceguard._chat`, the parser the live integrations use too); :func:`conversation_items`
+then audits each assistant turn against the messages before it, split by the shared rule
+(:func:`~traceguard._chat.split_last_user`): the last user message is the query, every other
+earlier message is history.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from traceguard._chat import Message, ShapeError, split_last_user
 from traceguard._exceptions import ImageAccessDenied, InputError
 from traceguard._images import ImageRef
-from traceguard._trace import ToolCall, Trace, Turn
+from traceguard._trace import Trace
 from traceguard._verdict import ErrorInfo
 
-__all__ = ["ImageResolver", "LogItem", "Message", "ShapeError", "Source", "conversation_items"]
-
-_ROLES = frozenset({"system", "user", "assistant", "tool"})
-
-
-class ShapeError(InputError):
-    """A record that is valid JSON but not a conversation of the expected format."""
+__all__ = [
+    "ImageResolver",
+    "LogItem",
+    "Message",
+    "ShapeError",
+    "Source",
+    "conversation_items",
+    "empty_trace_problem",
+]
 
 
 @dataclass(frozen=True)
@@ -66,22 +71,6 @@ class LogItem:
         return cls(id=item_id, source=source, problem=ErrorInfo(kind, message))
 
 
-@dataclass(frozen=True)
-class Message:
-    """One message of a conversation, normalised across log formats."""
-
-    role: str
-    text: str = ""
-    images: tuple[ImageRef, ...] = ()
-    thinking: str | None = None
-    tool_calls: tuple[ToolCall, ...] = ()
-    image_names: tuple[str, ...] = field(default=(), compare=False)
-
-    def __post_init__(self) -> None:
-        if self.role not in _ROLES:
-            raise ShapeError(f"unknown message role {self.role!r}")
-
-
 class ImageResolver:
     """Turns image references written in a log into :class:`ImageRef`, confined to a root folder.
 
@@ -119,11 +108,17 @@ class ImageResolver:
         return ImageRef.from_path(path), str(path)
 
 
-def _history_turn(message: Message) -> Turn:
-    text = message.text
-    if message.tool_calls:
-        text = "\n".join([text, *(call.render() for call in message.tool_calls)]).strip()
-    return Turn(role=message.role, content=text, images=message.images)
+EMPTY_TRACE = "EmptyTrace"
+"""The error type of an item with nothing to audit."""
+
+
+def empty_trace_problem(what: str) -> ErrorInfo:
+    """Why an item with nothing to audit gets no verdict: an empty trace is never graded."""
+    return ErrorInfo(
+        EMPTY_TRACE,
+        f"{what} has nothing to audit (no query, thinking, response, tool call or image); "
+        "an empty trace is invalid input, never safe",
+    )
 
 
 def conversation_items(
@@ -137,8 +132,9 @@ def conversation_items(
 ) -> Iterator[LogItem]:
     """One item per assistant turn; a conversation without one yields one invalid item.
 
-    The query is the last user message before the assistant turn. Everything else before the
-    assistant turn (system prompt, earlier exchanges, tool results) is history, in order.
+    Each assistant turn is audited against the messages before it: the last user message among
+    them is the query, the others (system prompt, earlier exchanges, tool results) the history.
+    An assistant turn with nothing to audit is an invalid item, never a trace.
     """
     assistant_turns = [i for i, m in enumerate(messages) if m.role == "assistant"]
     if not assistant_turns:
@@ -151,27 +147,29 @@ def conversation_items(
     several = len(assistant_turns) > 1
     for index in assistant_turns:
         answer = messages[index]
-        user_index = next((i for i in range(index - 1, -1, -1) if messages[i].role == "user"), None)
-        query = messages[user_index] if user_index is not None else Message(role="user")
-        history = tuple(_history_turn(m) for i, m in enumerate(messages[:index]) if i != user_index)
         trace_id = f"{base_id}:{index}" if several else base_id
-        trace = Trace(
-            query=query.text,
+        source = Source(source_path, line, index)
+        context = split_last_user(
+            messages[:index],
+            model=model,
+            metadata={"integration": "offline", "source": source.to_dict()},
+        )
+        trace = context.trace(
             response=answer.text,
             thinking=answer.thinking,
-            images=query.images,
             tool_calls=answer.tool_calls,
-            history=history,
-            id=trace_id,
-            model=model,
-            metadata={"source": source_path, "line": line, "turn": index},
+            trace_id=trace_id,
         )
+        if trace.is_empty:
+            problem = empty_trace_problem(f"assistant turn {index}")
+            yield LogItem(id=trace_id, source=source, problem=problem)
+            continue
         yield LogItem(
             id=trace_id,
-            source=Source(source_path, line, index),
+            source=source,
             trace=trace,
             expected_risk=expected_risk,
-            images=query.image_names,
+            images=context.image_names,
         )
 
 

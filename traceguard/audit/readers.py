@@ -315,7 +315,7 @@ class LogReader:
             thinking=fields["thinking"],
             images=images,
             id=base_id,
-            metadata={"source": self.display_path, "line": record.line},
+            metadata={"integration": "offline", "source": source.to_dict()},
         )
         return LogItem(
             id=base_id,
@@ -375,24 +375,19 @@ class LogReader:
                 )
             )
             last = items[-1]
-            if len(answers) > 1:
-                trace_id = f"{base_id}:{position}"
-                assert last.trace is not None
-                yield LogItem(
-                    id=trace_id,
-                    source=Source(self.display_path, record.line, position),
-                    trace=_with_id(last.trace, trace_id),
-                    expected_risk=expected,
-                    images=last.images,
-                )
-            else:
-                yield LogItem(
-                    id=base_id,
-                    source=Source(self.display_path, record.line, None),
-                    trace=_with_id(cast(Trace, last.trace), base_id),
-                    expected_risk=expected,
-                    images=last.images,
-                )
+            several = len(answers) > 1
+            trace_id = f"{base_id}:{position}" if several else base_id
+            source = Source(self.display_path, record.line, position if several else None)
+            if last.trace is None:  # an empty answer to an empty request: nothing to audit
+                yield LogItem(id=trace_id, source=source, problem=last.problem)
+                continue
+            yield LogItem(
+                id=trace_id,
+                source=source,
+                trace=_with_source(last.trace, trace_id, source),
+                expected_risk=expected,
+                images=last.images,
+            )
 
 
 _SCAN_LINES = 64
@@ -430,10 +425,10 @@ def _looks_like_json_lines(fh: IO[bytes]) -> bool:
     return False
 
 
-def _with_id(trace: Trace, trace_id: str) -> Trace:
+def _with_source(trace: Trace, trace_id: str, source: Source) -> Trace:
     from dataclasses import replace
 
-    return replace(trace, id=trace_id)
+    return replace(trace, id=trace_id, metadata={**trace.metadata, "source": source.to_dict()})
 
 
 def _require_choice_message(choice: Any) -> Mapping[str, Any]:
