@@ -16,10 +16,10 @@ from traceguard._decision import Action, Decision
 from traceguard._exceptions import AuditorUnavailable, Blocked, Escalated
 from traceguard._guard import Guard
 from traceguard._policy import Policy
-from traceguard._review import ReviewQueue
 from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink, WebhookSink
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, Verdict
+from traceguard.review import ReviewQueue
 from traceguard.testing import ScriptedAuditor, Step
 
 TRACE = Trace(query="q", thinking="reasoning", response="answer", id="t-1")

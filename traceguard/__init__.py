@@ -5,7 +5,7 @@ The public surface is re-exported here; modules starting with ``_`` are private.
 
 from traceguard import taxonomy
 from traceguard._auditor import Auditor
-from traceguard._decision import Action, Decision
+from traceguard._decision import Action, Decision, ReviewOutcome
 from traceguard._exceptions import (
     AuditorError,
     AuditorResponseError,
@@ -30,7 +30,6 @@ from traceguard._reasoning import (
     extract_responses_output,
     split_think_tags,
 )
-from traceguard._review import Escalation, ReviewQueue
 from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink, SinkError, WebhookSink
 from traceguard._trace import Stage, ToolCall, Trace, Turn
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
@@ -50,6 +49,7 @@ from traceguard.auditors.safeguard import SafeGuardAuditor, parse_safeguard_outp
 from traceguard.auditors.staged import StagedAuditor
 from traceguard.backends import OpenAICompatibleBackend, TransformersBackend
 from traceguard.config import GuardConfig
+from traceguard.review import Escalation, ReviewQueue
 
 __all__ = [
     "Action",
@@ -90,6 +90,7 @@ __all__ = [
     "PromptSet",
     "ReasoningStream",
     "Redaction",
+    "ReviewOutcome",
     "ReviewQueue",
     "SafeGuardAuditor",
     "Sink",

@@ -1,14 +1,17 @@
-"""What the decision layer does with a verdict: :class:`Action` and :class:`Decision`."""
+"""What the decision layer does with a verdict: :class:`Action`, :class:`Decision`, and what a
+human reviewer later made of an escalation: :class:`ReviewOutcome`."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from traceguard._verdict import Verdict
 
-__all__ = ["Action", "Decision"]
+__all__ = ["Action", "Decision", "ReviewOutcome"]
+
+Resolution = Literal["approved", "rejected", "timeout"]
 
 
 class Action(str, enum.Enum):
@@ -25,6 +28,47 @@ class Action(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclass(frozen=True)
+class ReviewOutcome:
+    """What became of an escalation a guard waited on: a reviewer's decision, or none in time.
+
+    ``resolution`` is ``approved`` (the held output may go on as if allowed), ``rejected`` (the
+    output stays blocked) or ``timeout`` (nobody decided in time; the policy's
+    ``escalation_fallback`` stands).
+    """
+
+    escalation_id: str
+    resolution: Resolution
+    reviewer: str | None = None
+    note: str | None = None
+    resolved_at: str | None = None
+    """ISO-8601 UTC time of the resolution (None on timeout)."""
+
+    def __post_init__(self) -> None:
+        if self.resolution not in ("approved", "rejected", "timeout"):
+            raise ValueError(f"unknown review resolution {self.resolution!r}")
+
+    @property
+    def approved(self) -> bool:
+        """True when a reviewer released the output."""
+        return self.resolution == "approved"
+
+    @property
+    def decided(self) -> bool:
+        """True when a reviewer decided (approved or rejected), False on timeout."""
+        return self.resolution != "timeout"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping; also the resume value of a paused LangGraph thread."""
+        return {
+            "escalation_id": self.escalation_id,
+            "resolution": self.resolution,
+            "reviewer": self.reviewer,
+            "note": self.note,
+            "resolved_at": self.resolved_at,
+        }
 
 
 @dataclass(frozen=True)
@@ -45,6 +89,10 @@ class Decision:
     response: str | None = None
     """The response the caller may see: unchanged on allow, the refusal text when replaced."""
     trace_id: str | None = None
+    escalation_id: str | None = None
+    """Set on every escalation: the id of its review queue item (``Guard`` assigns it)."""
+    review: ReviewOutcome | None = None
+    """Set once a guard waited for the reviewer: the outcome, which ``disposition`` reflects."""
 
     def __post_init__(self) -> None:
         if self.disposition is Action.ESCALATE:
@@ -67,6 +115,11 @@ class Decision:
         """True when a human reviewer was asked to look at this trace."""
         return self.action is Action.ESCALATE
 
+    @property
+    def awaiting_review(self) -> bool:
+        """True for an escalation no reviewer has decided yet (held as ``disposition``)."""
+        return self.escalated and (self.review is None or not self.review.decided)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping (the verdict nested under ``verdict``)."""
         return {
@@ -76,4 +129,6 @@ class Decision:
             "trace_id": self.trace_id,
             "verdict": self.verdict.to_dict(),
             "redacted_thinking_removed": self.redacted and self.thinking is None,
+            "escalation_id": self.escalation_id,
+            "review": self.review.to_dict() if self.review is not None else None,
         }

@@ -82,4 +82,13 @@ class Blocked(TraceguardError):
 
 
 class Escalated(Blocked):
-    """The output was escalated to a human reviewer and is held back until then."""
+    """The output was escalated to a human reviewer and is held back until then.
+
+    ``escalation_id`` names the review queue item; ``Guard.wait_for_review(escalation_id, ...)``
+    waits for the reviewer's decision.
+    """
+
+    @property
+    def escalation_id(self) -> str | None:
+        """The id of the escalation's review queue item."""
+        return self.decision.escalation_id

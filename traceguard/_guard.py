@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
+import time
+import uuid
 from collections.abc import Sequence
-from typing import cast
+from typing import Literal, cast
 
 from traceguard._auditor import Auditor
-from traceguard._decision import Action, Decision
-from traceguard._exceptions import AuditorError, Blocked, Escalated
+from traceguard._decision import Action, Decision, ReviewOutcome
+from traceguard._exceptions import AuditorError, Blocked, ConfigurationError, Escalated
 from traceguard._policy import Policy
 from traceguard._sinks import AuditRecord, BackgroundSink, Sink
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
+from traceguard.review._sink import ReviewQueue
+from traceguard.review._wait import ReviewWait
 
 __all__ = ["Guard"]
 
@@ -34,6 +39,13 @@ class Guard:
     marked ``slow`` (:class:`~traceguard.WebhookSink`) are wrapped in a
     :class:`~traceguard.BackgroundSink` unless ``background_slow_sinks`` is False.
 
+    Every escalated decision carries an ``escalation_id``: the id under which a
+    :class:`~traceguard.ReviewQueue` among the sinks files it. With ``on_escalate="wait"`` the
+    check holds until a reviewer decides or ``review_timeout`` seconds pass: approved, the
+    output goes on as allowed; rejected, it is blocked (:class:`Blocked`); no decision in time,
+    the policy's ``escalation_fallback`` stands (:class:`Escalated` when that blocks). Batch
+    checks wait for all their escalations within one ``review_timeout``.
+
     The guard does not own the auditor: :meth:`close` flushes and closes the sinks only, unless
     ``owns_auditor`` is True (a guard built from a configuration, :meth:`from_config`).
     """
@@ -47,14 +59,31 @@ class Guard:
         raise_on_block: bool = True,
         background_slow_sinks: bool = True,
         owns_auditor: bool = False,
+        on_escalate: Literal["fallback", "wait"] = "fallback",
+        review_timeout: float = 300.0,
     ) -> None:
+        if on_escalate not in ("fallback", "wait"):
+            raise ConfigurationError(
+                f"on_escalate must be 'fallback' or 'wait', not {on_escalate!r}"
+            )
+        if not review_timeout > 0:
+            raise ConfigurationError("review_timeout must be a positive number of seconds")
         self.auditor = auditor
         self.owns_auditor = owns_auditor
         self.policy = policy if policy is not None else Policy()
         self.raise_on_block = raise_on_block
+        self.on_escalate = on_escalate
+        self.review_timeout = float(review_timeout)
         self.sinks: tuple[Sink, ...] = tuple(
             BackgroundSink(sink) if background_slow_sinks and sink.slow else sink for sink in sinks
         )
+        self.review_queue = _review_queue(self.sinks)
+        """The :class:`~traceguard.ReviewQueue` among the sinks, if any."""
+        if on_escalate == "wait" and self.review_queue is None:
+            raise ConfigurationError(
+                "on_escalate='wait' needs a ReviewQueue among the guard's sinks: "
+                "nobody could approve what it waits for"
+            )
         self._errors_lock = threading.Lock()
         self._sink_errors = 0
 
@@ -84,16 +113,27 @@ class Guard:
         """Audit ``trace`` and return the decision, or raise if the output must be held back.
 
         Raises:
-            Escalated: the policy escalated and the output is held back meanwhile.
-            Blocked: the policy blocked the output.
+            Escalated: the policy escalated and the output is held back meanwhile (with
+                ``on_escalate="wait"``: no reviewer decided within ``review_timeout``).
+            Blocked: the policy blocked the output, or a reviewer rejected it.
         """
         verdict = self._audit_sync([trace])[0]
-        return self._conclude(trace, verdict, raise_on_block=self.raise_on_block)
+        decision = self._settle(trace, verdict)
+        if self._holds(decision):
+            assert decision.escalation_id is not None
+            decision = _reviewed(decision, self.wait_for_review(decision.escalation_id), trace)
+        return _act(decision, raise_on_block=self.raise_on_block)
 
     async def acheck(self, trace: Trace) -> Decision:
-        """Async :meth:`check`; same rules, same outcome."""
+        """Async :meth:`check`; same rules, same outcome. Waiting for a reviewer never blocks
+        the event loop."""
         verdict = (await self._audit_async([trace]))[0]
-        return await self._aconclude(trace, verdict, raise_on_block=self.raise_on_block)
+        decision = await self._asettle(trace, verdict)
+        if self._holds(decision):
+            assert decision.escalation_id is not None
+            outcome = await self.await_review(decision.escalation_id)
+            decision = _reviewed(decision, outcome, trace)
+        return _act(decision, raise_on_block=self.raise_on_block)
 
     def check_batch(self, traces: Sequence[Trace]) -> list[Decision]:
         """Check several traces in one auditor batch; one decision each, in order.
@@ -103,19 +143,56 @@ class Guard:
         """
         traces = list(traces)
         verdicts = self._audit_sync(traces)
-        return [
-            self._conclude(t, v, raise_on_block=False)
-            for t, v in zip(traces, verdicts, strict=True)
-        ]
+        decisions = [self._settle(t, v) for t, v in zip(traces, verdicts, strict=True)]
+        deadline = time.monotonic() + self.review_timeout
+        for index, (trace, decision) in enumerate(zip(traces, decisions, strict=True)):
+            if self._holds(decision):
+                assert decision.escalation_id is not None
+                left = max(0.0, deadline - time.monotonic())
+                outcome = self.wait_for_review(decision.escalation_id, left)
+                decisions[index] = _reviewed(decision, outcome, trace)
+        return decisions
 
     async def acheck_batch(self, traces: Sequence[Trace]) -> list[Decision]:
         """Async :meth:`check_batch`; never raises :class:`Blocked`."""
         traces = list(traces)
         verdicts = await self._audit_async(traces)
-        return [
-            await self._aconclude(t, v, raise_on_block=False)
-            for t, v in zip(traces, verdicts, strict=True)
-        ]
+        decisions = [await self._asettle(t, v) for t, v in zip(traces, verdicts, strict=True)]
+        held = [i for i, decision in enumerate(decisions) if self._holds(decision)]
+        if held:
+            outcomes = await asyncio.gather(
+                *(self.await_review(cast(str, decisions[i].escalation_id)) for i in held)
+            )
+            for index, outcome in zip(held, outcomes, strict=True):
+                decisions[index] = _reviewed(decisions[index], outcome, traces[index])
+        return decisions
+
+    def wait_for_review(self, escalation_id: str, timeout: float | None = None) -> ReviewOutcome:
+        """Wait until a reviewer decides on ``escalation_id``, at most ``timeout`` seconds
+        (default ``review_timeout``); the outcome's resolution is ``timeout`` if none did.
+
+        Raises:
+            ConfigurationError: the guard has no review queue among its sinks.
+        """
+        queue = self._queue_for_review()
+        wait = ReviewWait(escalation_id, self._timeout(timeout), now=time.monotonic())
+        while True:
+            step = wait.step(_lookup(queue, escalation_id), now=time.monotonic())
+            if isinstance(step, ReviewOutcome):
+                return step
+            time.sleep(step)
+
+    async def await_review(self, escalation_id: str, timeout: float | None = None) -> ReviewOutcome:
+        """Async :meth:`wait_for_review`: sleeps with ``asyncio.sleep`` and looks the item up in
+        a worker thread, so the event loop is never blocked."""
+        queue = self._queue_for_review()
+        wait = ReviewWait(escalation_id, self._timeout(timeout), now=time.monotonic())
+        while True:
+            outcome = await asyncio.to_thread(_lookup, queue, escalation_id)
+            step = wait.step(outcome, now=time.monotonic())
+            if isinstance(step, ReviewOutcome):
+                return step
+            await asyncio.sleep(step)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for background sinks to deliver; True when nothing is left pending."""
@@ -229,16 +306,39 @@ class Guard:
     def _name(self) -> str:
         return getattr(self.auditor, "name", type(self.auditor).__name__)
 
-    def _conclude(self, trace: Trace, verdict: Verdict, *, raise_on_block: bool) -> Decision:
-        """Decide, record, act: the one code path behind every check method."""
+    def _settle(self, trace: Trace, verdict: Verdict) -> Decision:
+        """Decide and record: the one code path behind every check method."""
         decision = self.policy.decide(verdict, trace)
+        if decision.escalated:
+            decision = dataclasses.replace(decision, escalation_id=_new_escalation_id(trace))
         if self.sinks:
             self._record(trace, decision)
-        if raise_on_block and decision.blocked:
-            if decision.action is Action.ESCALATE:
-                raise Escalated(decision)
-            raise Blocked(decision)
         return decision
+
+    async def _asettle(self, trace: Trace, verdict: Verdict) -> Decision:
+        if not self._needs_thread():
+            return self._settle(trace, verdict)
+        # A file or SQLite sink does blocking I/O; keep it off the event loop.
+        return await asyncio.to_thread(self._settle, trace, verdict)
+
+    def _holds(self, decision: Decision) -> bool:
+        """True when this decision waits for a reviewer before it is acted on."""
+        return (
+            self.on_escalate == "wait"
+            and decision.escalated
+            and decision.escalation_id is not None
+            and decision.review is None
+        )
+
+    def _queue_for_review(self) -> ReviewQueue:
+        if self.review_queue is None:
+            raise ConfigurationError(
+                "waiting for a review needs a ReviewQueue among the guard's sinks"
+            )
+        return self.review_queue
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.review_timeout if timeout is None else max(0.0, float(timeout))
 
     def _record(self, trace: Trace, decision: Decision) -> None:
         # Recording never changes the outcome: neither a failing sink nor a record that cannot be
@@ -259,16 +359,78 @@ class Guard:
                     self._sink_errors += 1
                 logger.error("sink %r failed: %s", sink, exc)
 
-    async def _aconclude(self, trace: Trace, verdict: Verdict, *, raise_on_block: bool) -> Decision:
-        if not self._needs_thread():
-            return self._conclude(trace, verdict, raise_on_block=raise_on_block)
-        # A file or SQLite sink does blocking I/O; keep it off the event loop.
-        return await asyncio.to_thread(
-            self._conclude, trace, verdict, raise_on_block=raise_on_block
-        )
-
     def _needs_thread(self) -> bool:
         return any(not isinstance(sink, BackgroundSink) for sink in self.sinks)
+
+
+def _act(decision: Decision, *, raise_on_block: bool) -> Decision:
+    """Return ``decision``, or raise when it holds the output back and the caller wants that."""
+    if raise_on_block and decision.blocked:
+        if decision.awaiting_review:
+            raise Escalated(decision)
+        raise Blocked(decision)
+    return decision
+
+
+def _reviewed(decision: Decision, outcome: ReviewOutcome, trace: Trace) -> Decision:
+    """``decision`` after a wait for its review: approved goes on as allowed, rejected is
+    blocked, no decision in time keeps the policy's fallback."""
+    if outcome.resolution == "approved":
+        return dataclasses.replace(
+            decision,
+            disposition=Action.ALLOW,
+            thinking=trace.thinking,
+            response=trace.response,
+            review=outcome,
+            reason=f"{decision.reason}; approved by {outcome.reviewer}",
+        )
+    if outcome.resolution == "rejected":
+        return dataclasses.replace(
+            decision,
+            disposition=Action.BLOCK,
+            thinking=None,
+            response=None,
+            review=outcome,
+            reason=f"{decision.reason}; rejected by {outcome.reviewer}",
+        )
+    return dataclasses.replace(
+        decision,
+        review=outcome,
+        reason=f"{decision.reason}; no review in time, held as {decision.disposition.value}",
+    )
+
+
+_MAX_ID_CHARS = 128
+
+
+def _new_escalation_id(trace: Trace) -> str:
+    """A fresh id, unless the integration fixed one in the trace's metadata (a LangGraph node
+    re-run on resume must file the same item again, not a new one)."""
+    given = trace.metadata.get("escalation_id") if trace.metadata else None
+    if isinstance(given, str) and 0 < len(given) <= _MAX_ID_CHARS and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def _review_queue(sinks: Sequence[Sink]) -> ReviewQueue | None:
+    queues = [
+        s.inner if isinstance(s, BackgroundSink) else s
+        for s in sinks
+        if isinstance(s.inner if isinstance(s, BackgroundSink) else s, ReviewQueue)
+    ]
+    if len(queues) > 1:
+        raise ConfigurationError("a guard takes at most one ReviewQueue among its sinks")
+    return cast("ReviewQueue | None", queues[0]) if queues else None
+
+
+def _lookup(queue: ReviewQueue, escalation_id: str) -> ReviewOutcome | None:
+    """The reviewer's decision so far; a database hiccup reads as "not yet" (the wait goes on
+    to its deadline and then takes the policy's fallback, never an approval)."""
+    try:
+        return queue.outcome(escalation_id)[1]
+    except Exception as exc:
+        logger.debug("review lookup of %s failed: %r", escalation_id, exc)
+        return None
 
 
 def _verdicts_problem(verdicts: object, expected: int) -> str | None:

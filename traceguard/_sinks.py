@@ -58,6 +58,9 @@ class AuditRecord:
     """Seconds since the epoch (UTC)."""
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     """Unique per record, so a receiver can drop the duplicate of a retried delivery."""
+    trace: Trace | None = field(default=None, repr=False, compare=False)
+    """The audited trace, for a sink that keeps what a reviewer must see (the review queue).
+    Never part of :meth:`to_dict`: other sinks store sizes and hashes only."""
 
     @classmethod
     def from_decision(cls, trace: Trace, decision: Decision) -> AuditRecord:
@@ -67,6 +70,7 @@ class AuditRecord:
             content_hash=trace.content_hash(),
             trace_summary=trace.summary(),
             trace_id=trace.id,
+            trace=trace,
         )
 
     @property

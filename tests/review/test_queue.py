@@ -1,4 +1,6 @@
-"""The SQLite review queue: escalations in, resolutions out, across threads and processes."""
+"""The review queue as first released: escalations in, resolutions out, across threads and
+processes. These tests predate the content-keeping queue and must keep passing unchanged in
+meaning (the old API stays)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ import pytest
 from traceguard._decision import Action
 from traceguard._exceptions import AuditorTimeout
 from traceguard._policy import Policy
-from traceguard._review import Escalation, ReviewQueue
 from traceguard._sinks import AuditRecord, SinkError
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, Verdict
+from traceguard.review import Escalation, ReviewQueue
 
 
 def record(trace_id: str, *, escalate: bool = True) -> AuditRecord:
@@ -144,7 +146,7 @@ _CHILD_EMIT = """
 import sys
 from traceguard._exceptions import AuditorTimeout
 from traceguard._policy import Policy
-from traceguard._review import ReviewQueue
+from traceguard.review import ReviewQueue
 from traceguard._sinks import AuditRecord
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, Verdict
