@@ -19,10 +19,10 @@ from traceguard._decision import Action
 from traceguard._exceptions import Escalated
 from traceguard._guard import Guard
 from traceguard._policy import Policy
-from traceguard._review import ReviewQueue
 from traceguard._sinks import AuditRecord, JsonlSink
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, Label, Verdict
+from traceguard.review import ReviewQueue
 
 # A lone surrogate is what json.loads makes of "\ud800" in a log line: legal in a str, not UTF-8.
 LONE = "\ud800"
