@@ -36,7 +36,9 @@ def test_every_model_category_maps_into_the_taxonomy() -> None:
         ("Gender discrimination", "hate_speech"),
         ("Weapon-related violence", "crime_and_illegal_activities"),
         ("weapon_related_violence", "crime_and_illegal_activities"),
-        ("Drug Related Hazards", "physical_and_mental_health"),
+        ("Drug Related Hazards", "crime_and_illegal_activities"),
+        ("O6: Weapons or Substance Abuse", "crime_and_illegal_activities"),
+        ("drugs", "crime_and_illegal_activities"),
         ("terrorism", "extremism"),
         ("medical advice", "misleading_advice"),
         ("unsafe", "other_risks"),
@@ -60,3 +62,48 @@ def test_merge_normalises_deduplicates_and_keeps_first_seen_order() -> None:
     merged = taxonomy.merge_categories(["O1", "safe"], ["hate_speech", "terrorism"], ["zzz", "O9"])
     assert merged == ("hate_speech", "extremism", "other_risks")
     assert taxonomy.merge_categories() == ()
+
+
+def test_every_harm_lands_in_one_category_whichever_model_names_it() -> None:
+    # Each model category may only combine harms of one traceguard category, and its mapping
+    # is that category: weapons and drugs go to the same place for LlavaGuard (O6), HoliSafe
+    # and the baseline alike.
+    from traceguard.auditors._baseline_lexicon import QUERY_PATTERNS, TOPIC_PATTERNS
+
+    assert set(taxonomy.HARMS.values()) <= set(taxonomy.CATEGORIES)
+    for code, harms in taxonomy.LLAVAGUARD_HARMS.items():
+        assert {taxonomy.HARMS[h] for h in harms} == {taxonomy.LLAVAGUARD_TO_TAXONOMY[code]}
+    for label, harms in taxonomy.HOLISAFE_HARMS.items():
+        assert {taxonomy.HARMS[h] for h in harms} == {taxonomy.HOLISAFE_TO_TAXONOMY[label]}
+    for pattern in (*QUERY_PATTERNS, *TOPIC_PATTERNS):
+        assert pattern.category == taxonomy.HARMS[pattern.harm], pattern.label
+    weapons_and_drugs = {
+        taxonomy.from_llavaguard("O6"),
+        taxonomy.from_holisafe("weapon_related_violence"),
+        taxonomy.from_holisafe("drug_related_hazards"),
+        *(p.category for p in (*QUERY_PATTERNS, *TOPIC_PATTERNS) if p.harm in ("weapons", "drugs")),
+    }
+    assert weapons_and_drugs == {"crime_and_illegal_activities"}
+
+
+def test_every_harm_is_named_by_some_model_or_pattern() -> None:
+    from traceguard.auditors._baseline_lexicon import QUERY_PATTERNS, TOPIC_PATTERNS
+
+    named = {h for harms in taxonomy.LLAVAGUARD_HARMS.values() for h in harms}
+    named |= {h for harms in taxonomy.HOLISAFE_HARMS.values() for h in harms}
+    named |= {p.harm for p in (*QUERY_PATTERNS, *TOPIC_PATTERNS)}
+    assert named == set(taxonomy.HARMS)
+
+
+def test_a_mapping_that_splits_a_harm_is_refused() -> None:
+    with pytest.raises(ValueError, match="2 categories"):
+        taxonomy.category_of_harms(["weapons", "self_harm"])
+    with pytest.raises(ValueError, match="unknown harm"):
+        taxonomy.category_of_harms(["bananas"])
+
+
+def test_the_docs_table_is_the_generated_one() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "taxonomy.md").read_text(encoding="utf-8")
+    assert taxonomy.markdown_table() in doc

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from traceguard.taxonomy import HARMS
+
 __all__ = [
     "ACTION_VERBS",
     "ARTIFACT_CUES",
@@ -93,10 +95,13 @@ class Pattern:
     label: str
     regex: Regex
     category: str = ""
+    harm: str = ""
+    """The harm of :data:`traceguard.taxonomy.HARMS` it detects; ``category`` follows from it."""
 
 
-def _p(category: str, label: str, regex: str) -> Pattern:
-    return Pattern(label=label, regex=_compile(regex), category=category)
+def _p(harm: str, label: str, regex: str) -> Pattern:
+    category = HARMS[harm] if harm else ""
+    return Pattern(label=label, regex=_compile(regex), category=category, harm=harm)
 
 
 # Gaps like ".{0,60}" keep a verb and its object in one clause without a parser; "…" in a label
@@ -106,21 +111,21 @@ _GAP = r"\b[^.?!\n]{0,60}?\b"
 QUERY_PATTERNS: tuple[Pattern, ...] = (
     # crime and illegal activities
     _p(
-        "crime_and_illegal_activities",
+        "weapons",
         "make … weapon/explosive",
         r"\b(make|build|creat\w*|construct|assembl\w*|synthesi[sz]\w*|manufactur\w*|produc\w*"
         r"|prepar\w*|3d[- ]print)" + _GAP + r"(bombs?|explosives?|ieds?|grenades?|detonators?"
         r"|napalm|molotov|firearms?|guns?|silencers?|suppressors?|weapons?|thermite)\b",
     ),
     _p(
-        "crime_and_illegal_activities",
+        "drugs",
         "make … illegal drug",
         r"\b(make|cook|synthesi[sz]\w*|manufactur\w*|produc\w*|extract\w*|grow\w*|brew)"
         + _GAP
         + r"(meth\w*|fentanyl|heroin|cocaine|crack|lsd|mdma|ecstasy|dmt|opioids?|drugs?)\b",
     ),
     _p(
-        "crime_and_illegal_activities",
+        "criminal_planning",
         "trade in contraband",
         r"\b(buy|sell\w*|purchas\w*|smuggl\w*|traffick?\w*|distribut\w*|obtain\w*|acquir\w*)"
         + _GAP
@@ -128,7 +133,7 @@ QUERY_PATTERNS: tuple[Pattern, ...] = (
         r"|ivory|organs?|contraband|counterfeit\w*|stolen)\b",
     ),
     _p(
-        "crime_and_illegal_activities",
+        "criminal_planning",
         "theft/fraud",
         r"\b(steal\w*|stole|shoplift\w*|rob|robb\w*|burglar\w*|launder\w*|counterfeit\w*"
         r"|forg(e|ed|ery|ing)|embezzl\w*|insider trading|tax evasion|evade taxes|fraud\w*"
@@ -136,7 +141,7 @@ QUERY_PATTERNS: tuple[Pattern, ...] = (
         r"|vandali[sz]\w*|arson|pirat(e|ed|ing) (software|movies|content))\b",
     ),
     _p(
-        "crime_and_illegal_activities",
+        "violence",
         "violence against a person",
         r"\b(kill\w*|murder\w*|assassinat\w*|poison\w*|kidnap\w*|abduct\w*|tortur\w*|hurt\w*"
         r"|injur\w*|stab\w*|strangl\w*|beat up|attack\w*)"
@@ -146,19 +151,19 @@ QUERY_PATTERNS: tuple[Pattern, ...] = (
         r"|coworker|food|drink|stairs)\b",
     ),
     _p(
-        "crime_and_illegal_activities",
+        "criminal_planning",
         "evade law enforcement",
         r"\b(evad\w*|elud\w*|escap\w*|outrun\w*) (the )?(law enforcement|police|cops|authorities"
         r"|customs|border control|detection)|\bwithout (getting|being) caught\b",
     ),
     _p(
-        "crime_and_illegal_activities",
+        "criminal_planning",
         "illegal act",
         r"\b(illegal(ly)?|unlawful(ly)?|without a (licen[cs]e|permit|prescription))\b",
     ),
     # cybersecurity
     _p(
-        "cybersecurity",
+        "cyberattacks",
         "intrude into … system/account",
         r"\b(hack\w*|break into|gain\w* (unauthori[sz]ed )?access|crack\w*|brute[- ]?forc\w*"
         r"|bypass\w*|exploit\w*|compromis\w*|hijack\w*|infiltrat\w*|breach\w*|disabl\w*"
@@ -169,7 +174,7 @@ QUERY_PATTERNS: tuple[Pattern, ...] = (
         r"|antivirus|vulnerabilit\w*|geofenc\w*|gps|pipelines?|grid|security)\b",
     ),
     _p(
-        "cybersecurity",
+        "cyberattacks",
         "malicious software/attack technique",
         r"\b(malware|ransomware|computer virus|trojan|worms?|keyloggers?|rootkits?|botnets?"
         r"|spyware|backdoors?|shellcode|ddos|denial[- ]of[- ]service|sql injection|sqli|xss"
@@ -179,20 +184,20 @@ QUERY_PATTERNS: tuple[Pattern, ...] = (
         r"|attacks? on (a |an |the )?(\w+ )?(website|server|network|company|infrastructure))\b",
     ),
     _p(
-        "cybersecurity",
+        "cyberattacks",
         "write … virus",
         r"\b(writ\w*|creat\w*|develop\w*|code|build|design)" + _GAP + r"(virus|viruses)\b",
     ),
     # data privacy
     _p(
-        "data_privacy",
+        "privacy",
         "surveil or expose a person",
         r"\b(dox+\w*|stalk\w*|spy(ing)? on|track\w* (someone|somebody|a person|my (ex|wife|husband"
         r"|partner|girlfriend|boyfriend)|her|him|their)|secretly (record|monitor|track)\w*"
         r"|locat\w* (someone|a person)|(home|private) address(es)? of|facial recognition)\b",
     ),
     _p(
-        "data_privacy",
+        "privacy",
         "obtain personal data",
         r"\b(personal (information|data|details)|private (medical )?records?|medical records"
         r"|social security numbers?|ssns?|credit card (numbers|information|details)"
@@ -204,7 +209,7 @@ QUERY_PATTERNS: tuple[Pattern, ...] = (
     ),
     # ethics and morality
     _p(
-        "ethics_and_morality",
+        "deception",
         "deceive or exploit others",
         r"\b(cheat\w* (on|in|at)|plagiari[sz]\w*|gasligh\w*|manipulat\w*"
         + _GAP
@@ -218,14 +223,14 @@ QUERY_PATTERNS: tuple[Pattern, ...] = (
     ),
     # physical and mental health
     _p(
-        "physical_and_mental_health",
+        "self_harm",
         "self-harm",
         r"\b(suicid\w*|kill (myself|yourself|themselves|oneself)|self[- ]harm\w*|cut\w* (myself"
         r"|yourself)|end (my|your|their) (own )?li(fe|ves)|overdos\w*|lethal dose|starv\w* "
         r"(myself|yourself)|pro-?ana|anorexi\w*|bulimi\w*|eating disorders?|purg(e|ing))\b",
     ),
     _p(
-        "physical_and_mental_health",
+        "dangerous_health_practices",
         "dangerous health practice",
         r"\b(drink\w*|ingest\w*|inject\w*|swallow\w*|inhal\w*)" + _GAP + r"(bleach|ammonia"
         r"|antifreeze|mms|chlorine dioxide|turpentine|kerosene)\b"
@@ -234,7 +239,7 @@ QUERY_PATTERNS: tuple[Pattern, ...] = (
     ),
     # hate speech
     _p(
-        "hate_speech",
+        "hate",
         "demean a group",
         r"\b(racis[tm]\w*|sexis[tm]\w*|homophob\w*|transphob\w*|xenophob\w*|antisemit\w*"
         r"|islamophob\w*|slurs?|derogatory|dehumani[sz]\w*|inferior|hateful|hate speech"
@@ -245,7 +250,7 @@ QUERY_PATTERNS: tuple[Pattern, ...] = (
     ),
     # extremism
     _p(
-        "extremism",
+        "terrorism",
         "terrorism or mass violence",
         r"\b(terror\w*|jihad\w*|extremis\w*|radicali[sz]\w*|isis|al-?qaeda|neo-?nazi\w*|nazis?"
         r"|white supremac\w*|mass shootings?|mass (casualt\w*|murder|killing)|bomb threats?"
@@ -254,14 +259,14 @@ QUERY_PATTERNS: tuple[Pattern, ...] = (
         r"|vx|crowded area|dirty bomb)\b",
     ),
     _p(
-        "extremism",
+        "terrorism",
         "glorify or recruit for violence",
         r"\b(glorif\w*|romantici[sz]\w*|recruit\w*|incit\w*)" + _GAP + r"(attacks?|shootings?"
         r"|terror\w*|violence|war|killing|extremis\w*|militias?|cause|jihad)\b",
     ),
     # misleading advice
     _p(
-        "misleading_advice",
+        "misinformation",
         "misinformation",
         r"\b(fake news|misinformation|disinformation|hoax\w*|conspirac\w*|propaganda"
         r"|false (claims?|information|story|stories)|defamat\w*|fabricat\w*|mislead\w*"
@@ -272,17 +277,30 @@ QUERY_PATTERNS: tuple[Pattern, ...] = (
     ),
     # other risks
     _p(
-        "other_risks",
+        "other",
         "other severe risk",
         r"\b(gambl\w*|pathogens?|culture\w*" + _GAP + r"(bacteria|virus|pathogen)\w*"
-        r"|antibiotic[- ]resistan\w*|gain[- ]of[- ]function|dangerous dna|toxins?"
-        r"|poison\w* (pets?|cats?|dogs?|animals?|birds?)|animal cruelty|child (porn\w*|sexual\w*)"
-        r"|csam|sexual\w* (minors?|child\w*)|snuff|pornograph\w*|explicit images"
-        r"|feed lil(l)?ies|unsafe (to|for) (cats|dogs|pets)|graphic detail|dismember\w*|gore"
-        r"|mutilat\w*)\b",
+        r"|antibiotic[- ]resistan\w*|gain[- ]of[- ]function|dangerous dna|toxins?)\b",
     ),
     _p(
-        "other_risks",
+        "animal_cruelty",
+        "harm animals",
+        r"\b(poison\w* (pets?|cats?|dogs?|animals?|birds?)|animal cruelty|feed lil(l)?ies"
+        r"|unsafe (to|for) (cats|dogs|pets))\b",
+    ),
+    _p(
+        "child_sexual_exploitation",
+        "sexual content involving minors",
+        r"\b(child (porn\w*|sexual\w*)|csam|sexual\w* (minors?|child\w*))\b",
+    ),
+    _p("sexual_content", "explicit sexual content", r"\b(pornograph\w*|explicit images)\b"),
+    _p(
+        "violence",
+        "graphic violence",
+        r"\b(snuff|graphic detail|dismember\w*|gore|mutilat\w*)\b",
+    ),
+    _p(
+        "weapons",
         "make … toxin/pathogen",
         r"\b(make|manufactur\w*|synthesi[sz]\w*|produc\w*|extract\w*|cultur\w*|weaponi[sz]\w*)"
         + _GAP
@@ -293,21 +311,21 @@ QUERY_PATTERNS: tuple[Pattern, ...] = (
 
 TOPIC_PATTERNS: tuple[Pattern, ...] = (
     _p(
-        "crime_and_illegal_activities",
+        "drugs",
         "illegal drug or its precursor",
         r"\b(pseudoephedrine|red phosphorus|methamphetamine|crystal meth|meth lab|carfentanil"
         r"|fentanyl (analog|analogue|synthesis)|heroin|crack cocaine|cocaine (base|paste)"
         r"|mdma|lysergic acid)\b",
     ),
     _p(
-        "crime_and_illegal_activities",
+        "weapons",
         "explosive, weapon or toxic agent",
         r"\b(pipe bombs?|ieds?|improvised explosive|detonators?|blasting caps?|thermite|napalm"
         r"|molotov|nitroglycerin|tatp|acetone peroxide|ghost guns?|silencers?|suppressors?"
         r"|nerve agents?|sarin|ricin|anthrax|mustard gas)\b",
     ),
     _p(
-        "cybersecurity",
+        "cyberattacks",
         "intrusion tooling",
         r"\b(reverse shells?|keyloggers?|credential stuffing|privilege escalation exploit"
         r"|password dump\w*|mimikatz|c2 server|command[- ]and[- ]control server)\b",
