@@ -20,8 +20,11 @@ __all__ = [
     "CODE_CUES",
     "CONTENT_REQUEST",
     "EVASION_CUES",
+    "HARM_INTENT",
     "HARM_RECOGNITION",
     "INFO_CUES",
+    "MATERIALS_HEADER",
+    "MATERIALS_ITEM",
     "MANIPULATION_CUES",
     "Pattern",
     "Regex",
@@ -484,10 +487,30 @@ ACTION_VERBS = _compile(
     r"|wrap|transfer|withdraw|open|create|use|apply|repeat|extract|distill|crystalli[sz]e"
     r"|dispose|wipe|delete|replace|post|share|message|contact|offer|follow|record|copy"
     r"|collect|gather|tell|convince|pretend|claim|preheat|bake|whisk|knead|serve|slice|press"
-    r"|click|type|select|check|restart|save|adjust|focus|position|set)\b",
+    r"|click|type|select|check|restart|save|adjust|focus|position|set|close|fit|tighten|screw"
+    r"|light|ignite|detonate|throw|plant|leave|hold|keep)\b",
     re.MULTILINE,
 )
 """An imperative verb opening a sentence or a step: the grammar of a procedure."""
+
+MATERIALS_HEADER = _compile(
+    r"^[ \t>*_#]*(?:(?:what |things )?you(?:'ll| will)? need"
+    r"|materials?(?: needed| required| list)?|ingredients|supplies|equipment|parts(?: list)?"
+    r"|components|tools(?: needed| required)?|shopping list|bill of materials)\b"
+    r"[^\n]{0,40}:?[ \t*_]*$",
+    re.MULTILINE,
+)
+"""The header of a list of what to gather ("You will need:", "Materials:", "Ingredients:")."""
+
+MATERIALS_ITEM = _compile(r"^[ \t]*(?:[-*•]|\d{1,2}\s*[.)]|[a-h][.)])[ \t]+[^ \t\n]")
+"""One bullet or numbered line; counted only in the run of lines right after a materials header."""
+
+HARM_INTENT = _compile(
+    r"\b(?:kills?|killing|hurts?|injures?|maim\w*)\b[^.\n]{0,30}\b(?:as many|everyone|people|them"
+    r"|him|her|the crowd|victims?|coworkers|colleagues|neighbou?rs|civilians|students)\b"
+    r"|\b(?:maximi[sz]e|most) (?:casualties|damage|deaths|injuries)\b|\bmass casualt\w*",
+)
+"""The text aims at hurting people ("so it kills as many as possible")."""
 
 CODE_CUES = _compile(
     r"```|^\s*(?:import \w+|from \w+ import|def \w+\(|class \w+[:(]|#include|function \w+\("

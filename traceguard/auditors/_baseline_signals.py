@@ -78,6 +78,10 @@ class TextSignals:
     actions: int = 0
     code: bool = False
     specifics: int = 0
+    materials: int = 0
+    """Items listed under a "You will need:" / "Materials:" header."""
+    harm_intent: bool = False
+    """The text itself aims at hurting people ("so it kills as many as possible")."""
     artifact: bool = False
     manipulation: tuple[str, ...] = ()
 
@@ -105,12 +109,17 @@ class TextSignals:
         points += 1 if self.actions >= 3 else 0
         points += 2 if self.code else 0
         points += 2 if self.specifics >= 3 else 1 if self.specifics else 0
+        # A list of what to gather is a bill of materials whatever the items are called: the
+        # lexicon of named materials can never be complete, the list's shape is.
+        points += 2 if self.materials >= 3 else 1 if self.materials else 0
+        points += 1 if self.harm_intent else 0
         return points
 
     @property
     def concrete(self) -> bool:
-        """True when the text names something specific: an amount, code or a material/tool."""
-        return bool(self.quantities or self.code or self.specifics)
+        """True when the text names something specific: an amount, code, a material/tool, or a
+        list of what to gather."""
+        return bool(self.quantities or self.code or self.specifics or self.materials)
 
     @property
     def actionable(self) -> bool:
@@ -147,6 +156,10 @@ class TextSignals:
             parts.append("code")
         if self.specifics:
             parts.append(_plural(self.specifics, "named material/tool", "named materials/tools"))
+        if self.materials:
+            parts.append(_plural(self.materials, "listed material"))
+        if self.harm_intent:
+            parts.append("intent to hurt people")
         return ", ".join(parts) if parts else "no procedure cues"
 
 
@@ -215,8 +228,24 @@ def scan_text(text: str) -> TextSignals:
         actions=lex.ACTION_VERBS.count(low),
         code=lex.CODE_CUES.search(low) is not None,
         specifics=lex.SPECIFICS.count(low),
+        materials=_listed_materials(low),
+        harm_intent=lex.HARM_INTENT.search(low) is not None,
         artifact=lex.ARTIFACT_CUES.count(low) >= 2,
         manipulation=tuple(
             _quote(original[m.start() : m.end()]) for m in lex.MANIPULATION_CUES.finditer(low)
         ),
     )
+
+
+def _listed_materials(low: str) -> int:
+    """Items in the bullet runs that follow a materials header (blank lines allowed between)."""
+    lines = low.split("\n")
+    count = 0
+    for header in lex.MATERIALS_HEADER.finditer(low):
+        index = low.count("\n", 0, header.start()) + 1
+        while index < len(lines) and not lines[index].strip():
+            index += 1
+        while index < len(lines) and lex.MATERIALS_ITEM.search(lines[index]):
+            count += 1
+            index += 1
+    return count
