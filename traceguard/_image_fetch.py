@@ -23,30 +23,17 @@ from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from traceguard._exceptions import ImageAccessDenied, ImageError
 from traceguard._image_access import ImageAccess
+from traceguard._urls import redact_url
 from traceguard._version import __version__
 
-__all__ = ["afetch", "fetch", "redact_url"]
+__all__ = ["afetch", "fetch"]
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-
-
-def redact_url(url: str) -> str:
-    """The URL without userinfo, query or fragment (signed URLs carry secrets there)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = host if parts.port is None else f"{host}:{parts.port}"
-    except ValueError:
-        return "<unparseable URL>"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 # -- the flow's steps -------------------------------------------------------------------------

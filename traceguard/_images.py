@@ -29,8 +29,9 @@ from traceguard._exceptions import (
     TraceguardError,
 )
 from traceguard._image_access import ImageAccess
-from traceguard._image_fetch import afetch, fetch, redact_url
+from traceguard._image_fetch import afetch, fetch
 from traceguard._image_headers import ImageInfo, sniff, validate
+from traceguard._urls import redact_url, url_selector
 from traceguard._version import install_hint
 
 if TYPE_CHECKING:
@@ -128,16 +129,21 @@ class ImageRef:
         """A stable id for content hashes; never reads files or the network.
 
         ``sha256:<hex>`` for in-memory images (PIL images: of their PNG encoding), ``path:<path>``
-        as given, ``url:<url>`` with query and userinfo replaced by a digest of them so that
-        signed URLs stay distinct without their secrets showing.
+        as given, ``url:<url>`` for URLs. The identity is written out (``Trace.summary()``, sink
+        records, the review queue), so a URL shows redacted (:func:`~traceguard._urls.redact_url`).
+        A query may select the image (``?id=2``), so when there is one a digest of the URL with
+        its query is appended (``url:<redacted>#sha256=<16 hex>``) and signed URLs stay distinct.
+        Credentials never enter the digest: they do not change which image a URL names, and a
+        digest of a weak password could be guessed offline.
         """
         if self.kind == "path":
             return f"path:{self.source}"
         if self.kind == "url":
             shown = redact_url(self.source)
-            if shown == self.source:
+            selector = url_selector(self.source)
+            if selector == shown:
                 return f"url:{shown}"
-            return f"url:{shown}#sha256={hashlib.sha256(self.source.encode()).hexdigest()[:16]}"
+            return f"url:{shown}#sha256={hashlib.sha256(selector.encode()).hexdigest()[:16]}"
         if self.kind == "data_uri" and self._in_memory_bytes() is None:
             # Undecodable: still a stable identity; load() reports the error.
             raw = hashlib.sha256(self.source.encode("utf-8", "replace")).hexdigest()

@@ -26,7 +26,9 @@ import tenacity
 
 from traceguard._decision import Decision
 from traceguard._exceptions import TraceguardError
+from traceguard._retry_after import parse_retry_after
 from traceguard._trace import Trace
+from traceguard._urls import redact_url
 from traceguard._verdict import Verdict
 
 __all__ = [
@@ -185,23 +187,6 @@ class _RetryableStatus(Exception):
         super().__init__(f"HTTP {status}")
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    # Only the delta-seconds form; an HTTP date is rare from webhook receivers and falls back
-    # to the exponential backoff.
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
-def _safe_url(url: httpx.URL) -> str:
-    # Webhook URLs often carry their secret in the path or query (Slack, Teams): show the origin.
-    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
-
-
 class WebhookSink(Sink):
     """POSTs each record as JSON to a URL.
 
@@ -234,7 +219,9 @@ class WebhookSink(Sink):
             headers=dict(headers or {}), timeout=timeout, transport=transport
         )
         self._url = httpx.URL(url)
-        self._origin = _safe_url(self._url)
+        # Webhook URLs often carry their secret in the path or query (Slack, Teams): show the
+        # origin only.
+        self._origin = redact_url(url, keep_path=False)
         # Spelled as exponential + random rather than wait_exponential_jitter, whose argument
         # names differ between the tenacity versions we support.
         self._backoff = tenacity.wait_exponential(multiplier=backoff, max=max_backoff) + (
@@ -272,9 +259,7 @@ class WebhookSink(Sink):
         )
         status = response.status_code
         if status == 429 or status >= 500:
-            raise _RetryableStatus(
-                status, _retry_after_seconds(response.headers.get("retry-after"))
-            )
+            raise _RetryableStatus(status, parse_retry_after(response.headers.get("retry-after")))
         if status >= 300:
             # Redirects are not followed: re-posting an audit record to wherever a 3xx points
             # would hand it to a host nobody configured.

@@ -23,6 +23,7 @@ from traceguard._exceptions import (
     ConfigurationError,
 )
 from traceguard._images import ImageRef
+from traceguard._retry_after import parse_retry_after
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus
 from traceguard.auditors.guardtrace import GuardTraceAuditor
@@ -35,7 +36,6 @@ from traceguard.backends._base import (
     TokenDistribution,
 )
 from traceguard.backends._pools import SHARD_SIZE, shard_sizes
-from traceguard.backends._retry import parse_retry_after
 from traceguard.backends.http import OpenAICompatibleBackend
 from traceguard.testing.openai_server import (
     OpenAIServer,

@@ -9,15 +9,9 @@ from collections.abc import Callable, Sequence
 import httpx
 
 from traceguard._exceptions import ConfigurationError
+from traceguard._urls import redact_url
 
-__all__ = ["Endpoints", "display_url"]
-
-
-def display_url(url: str) -> str:
-    """The URL without credentials or query string, safe for logs and error messages."""
-    parsed = httpx.URL(url)
-    port = f":{parsed.port}" if parsed.port is not None else ""
-    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path.rstrip('/')}"
+__all__ = ["Endpoints"]
 
 
 class Endpoints:
@@ -40,10 +34,10 @@ class Endpoints:
             raise ConfigurationError("OpenAICompatibleBackend needs at least one base URL")
         for url in cleaned:
             if httpx.URL(url).scheme not in ("http", "https"):
-                raise ConfigurationError(f"not an http(s) base URL: {display_url(url)!r}")
+                raise ConfigurationError(f"not an http(s) base URL: {redact_url(url)!r}")
         self.urls: tuple[str, ...] = tuple(cleaned)
         # Parsed once: formatting a URL costs more than the rest of a successful attempt.
-        self.shown: dict[str, str] = {u: display_url(u) for u in cleaned}
+        self.shown: dict[str, str] = {u: redact_url(u) for u in cleaned}
         self._cooldown_s = cooldown_s
         self._clock = clock
         self._down_until: dict[str, float] = {}

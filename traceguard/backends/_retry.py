@@ -9,11 +9,8 @@ and how long the server asked us to wait. tenacity drives the loop from these va
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
 import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +24,7 @@ from traceguard._exceptions import (
     AuditorTimeout,
     AuditorUnavailable,
 )
+from traceguard._retry_after import parse_retry_after
 
 __all__ = [
     "Failure",
@@ -34,7 +32,6 @@ __all__ = [
     "RetryPolicy",
     "classify_exception",
     "classify_response",
-    "parse_retry_after",
     "retrying_kwargs",
 ]
 
@@ -93,26 +90,6 @@ class RetryPolicy:
             raise ValueError("max_attempts must be at least 1")
         if self.backoff_s < 0 or self.max_backoff_s < 0 or self.max_retry_after_s < 0:
             raise ValueError("backoff and retry-after limits must not be negative")
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def _error_text(content: bytes) -> str:
