@@ -1,9 +1,14 @@
-"""URL secrets (user:password, query tokens) never leave the process: one redactor everywhere."""
+"""URL secrets (user:password, query tokens) never leave the process: one redactor everywhere.
+
+Issue 13, fault 1: an image URL's credentials and signed-query tokens appeared verbatim in the
+offline audit's ``images`` field and in the HTML report.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +24,28 @@ from traceguard import (
     WebhookSink,
 )
 from traceguard._urls import UNPARSEABLE, redact_url, url_selector
+from traceguard.audit import run_audit, write_report
 from traceguard.testing import ScriptedAuditor, Step
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def chat(image_url: str | None = None) -> dict[str, Any]:
+    """A one-turn OpenAI-format conversation, with an image in the user turn if given."""
+    content: list[dict[str, Any]] = [{"type": "text", "text": "what is in this picture?"}]
+    if image_url is not None:
+        content.append({"type": "image_url", "image_url": {"url": image_url}})
+    return {
+        "id": "c",
+        "messages": [
+            {"role": "user", "content": content},
+            {"role": "assistant", "content": "A cat."},
+        ],
+    }
+
 
 SECRETS = ("hunter2", "SIGSECRET", "TOKSECRET", "FRAGSECRET")
 SIGNED = "https://alice:hunter2@cdn.example.com:8443/shots/a.png?sig=SIGSECRET&token=TOKSECRET"
@@ -75,6 +101,34 @@ def test_identity_tells_queries_apart_and_ignores_credentials() -> None:
 
 
 # -- everywhere a URL is shown or stored -------------------------------------------------------
+
+
+def test_offline_records_and_report_show_image_urls_redacted(tmp_path: Path) -> None:
+    # Any scheme, in any case, is a URL: not a path whose name would keep the secrets.
+    urls = [SIGNED, SIGNED.replace("https", "HTTPS", 1), SIGNED.replace("https", "ftp", 1)]
+    log = write_jsonl(tmp_path / "log.jsonl", [chat(url) for url in urls])
+    out = tmp_path / "verdicts.jsonl"
+    run_audit(log, out, auditor=ScriptedAuditor([Step(risk=1.0)] * 3), concurrency=1)
+    text = out.read_text()
+    assert_no_secret(text)
+    images = [json.loads(line)["images"] for line in text.splitlines()]
+    assert images == [[SHOWN], [SHOWN], [SHOWN.replace("https", "ftp", 1)]]
+    report = write_report(out, tmp_path / "report.html", image_root=tmp_path)
+    html = report.read_text()
+    assert_no_secret(html)
+    assert SHOWN in html
+
+
+def test_report_redacts_urls_of_records_written_before_the_fix(tmp_path: Path) -> None:
+    log = write_jsonl(tmp_path / "log.jsonl", [chat()])
+    out = tmp_path / "verdicts.jsonl"
+    run_audit(log, out, auditor=ScriptedAuditor([Step(risk=1.0)]), concurrency=1)
+    record = json.loads(out.read_text())
+    record["images"] = [SIGNED]  # as an older traceguard wrote it
+    out.write_text(json.dumps(record) + "\n")
+    html = write_report(out, tmp_path / "report.html").read_text()
+    assert_no_secret(html)
+    assert SHOWN in html
 
 
 def test_summary_sinks_and_review_queue_store_no_url_secret(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from traceguard._chat import Message, ShapeError, split_last_user
 from traceguard._exceptions import ImageAccessDenied, InputError
 from traceguard._images import ImageRef
 from traceguard._trace import Trace
+from traceguard._urls import redact_url
 from traceguard._verdict import ErrorInfo
 
 __all__ = [
@@ -77,7 +78,7 @@ class ImageResolver:
     Relative paths are read relative to ``root``; any path (relative, absolute, ``file://``) that
     lands outside ``root`` is refused here, before the auditor sees it. URLs and data URIs are
     passed on untouched: whether a URL may be fetched is the auditor's :class:`ImageAccess`
-    decision.
+    decision. The output shows a URL redacted (no credentials, query or fragment).
     """
 
     def __init__(self, root: Path) -> None:
@@ -95,8 +96,10 @@ class ImageResolver:
             except Exception as exc:  # a malformed data URI: the trace cannot be audited
                 raise InputError(f"malformed data URI image: {exc}") from exc
             return ref, shown
-        if value.startswith(("http://", "https://")):
-            return ImageRef.parse(value), value
+        if not value.startswith("file://"):
+            ref = ImageRef.parse(value)  # any other scheme://, in any case, is a URL
+            if ref.kind == "url":
+                return ref, redact_url(value)
         path_text = value[len("file://") :] if value.startswith("file://") else value
         try:
             path = (self.root / path_text).resolve()

@@ -20,6 +20,7 @@ from string import Template
 from typing import Any
 
 from traceguard._images import ImageAccess, ImageRef
+from traceguard._urls import redact_url
 from traceguard.audit._output import existing_records
 from traceguard.audit.summary import AuditSummary
 
@@ -129,6 +130,8 @@ def _stacked_chart(by_category: Mapping[str, Counter[str]], *, width: int = 400)
 
 def _thumbnail(shown: str, access: ImageAccess | None) -> str:
     """An ``<img>`` with a downscaled copy of a local image, or the image's name when we can't."""
+    if "://" in shown:  # records written before URLs were redacted may still hold secrets
+        shown = redact_url(shown)
     fallback = f'<div class="noimg">image: {_e(shown)}</div>'
     if access is None or shown.startswith(("http://", "https://", "sha256:", "data:")):
         return fallback
