@@ -34,7 +34,7 @@ from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink, Sink
 from traceguard._trace import Stage, ToolCall, Trace, Turn
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 from traceguard._version import __version__
-from traceguard.audit import AuditSummary, arun_audit, run_audit
+from traceguard.audit import AuditOptions, AuditSummary, arun_audit, run_audit
 from traceguard.auditors._guardtrace_format import ParsedJudgment, parse_guardtrace_output
 from traceguard.auditors._guardtrace_prompts import PromptSet
 from traceguard.auditors.baseline import BaselineAuditor
@@ -54,6 +54,7 @@ from traceguard.review import Escalation, ReviewQueue
 __all__ = [
     "Action",
     "AuditRecord",
+    "AuditOptions",
     "AuditStatus",
     "AuditSummary",
     "Auditor",

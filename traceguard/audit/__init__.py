@@ -13,11 +13,12 @@ from traceguard.audit.evaluate import EvalMetrics, evaluate_records
 from traceguard.audit.progress import Progress
 from traceguard.audit.readers import FORMATS, LogReader, detect_format
 from traceguard.audit.report import render_report, write_report
-from traceguard.audit.runner import arun_audit, common_image_root, run_audit
+from traceguard.audit.runner import AuditOptions, arun_audit, common_image_root, run_audit
 from traceguard.audit.summary import AuditSummary
 
 __all__ = [
     "FORMATS",
+    "AuditOptions",
     "AuditSummary",
     "EvalMetrics",
     "LogReader",

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from traceguard._decision import Decision
 from traceguard._policy import Policy
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, ErrorInfo, Verdict
@@ -59,6 +60,7 @@ class Pipeline:
         batch_size: int,
         window: int,
         on_write: Callable[[], None] = lambda: None,
+        on_decision: Callable[[LogItem, Decision], None] | None = None,
     ) -> None:
         self._items = items
         self._auditor_name = auditor_name
@@ -70,6 +72,7 @@ class Pipeline:
         self._batch_size = max(1, batch_size)
         self._window = max(window, self._batch_size)
         self._on_write = on_write
+        self._on_decision = on_decision
         self._next_seq = 0
         self._next_write = 0
         self._ready: dict[int, bytes] = {}
@@ -158,6 +161,8 @@ class Pipeline:
 
     def _settle(self, seq: int, item: LogItem, verdict: Verdict, *, cached: bool = False) -> None:
         decision = self._policy.decide(verdict, item.trace or _EMPTY_TRACE)
+        if self._on_decision is not None:
+            self._on_decision(item, decision)
         record = build_record(item, verdict, decision, cached=cached)
         self._summary.add(record)
         self._ready[seq] = encode_record(record)

@@ -13,13 +13,16 @@ import os
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, TypeVar
 
 from traceguard._auditor import Auditor
 from traceguard._exceptions import ConfigurationError
 from traceguard._policy import Policy
+from traceguard._sinks import Sink
 from traceguard._verdict import Verdict
+from traceguard.audit._delivery import Delivery, close_sinks
 from traceguard.audit._messages import LogItem
 from traceguard.audit._output import OutputWriter, existing_records, truncate_torn_tail
 from traceguard.audit._pipeline import READER_AUDITOR, Job, Pipeline
@@ -28,9 +31,77 @@ from traceguard.audit.progress import Progress
 from traceguard.audit.readers import Format, LogReader, expand_inputs
 from traceguard.audit.summary import AuditSummary
 
-__all__ = ["arun_audit", "common_image_root", "open_readers", "run_audit"]
+if TYPE_CHECKING:
+    from typing import Unpack
+
+__all__ = ["AuditOptions", "arun_audit", "common_image_root", "open_readers", "run_audit"]
 
 PathLike = str | os.PathLike[str]
+
+_THREADS = 4
+_TASKS = 8
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """How an offline audit runs: everything but the inputs and the output file.
+
+    Pass one to :func:`run_audit` / :func:`arun_audit` (``run_audit(logs, out, options)``), or
+    give the same names as keywords; keywords override the options object.
+    """
+
+    auditor: Auditor | None = None
+    """Who grades; default the rule baseline (:class:`~traceguard.BaselineAuditor`) with an
+    :class:`~traceguard.ImageAccess` rooted at :func:`common_image_root`."""
+    policy: Policy | None = None
+    """Maps verdicts to actions; default ``Policy()``."""
+    format: Format | Literal["auto"] = "auto"
+    """The input format; ``auto`` detects each file's."""
+    image_root: PathLike | None = None
+    """The folder image paths resolve under (default: each log file's folder)."""
+    batch_output: PathLike | None = None
+    """The Batch API output file, when not found next to the request file."""
+    concurrency: int | None = None
+    """Auditor calls in flight at once; default 4 worker threads (:func:`run_audit`) or 8 tasks
+    (:func:`arun_audit`)."""
+    batch_size: int = 1
+    """Traces per auditor call (``audit_batch``)."""
+    resume: bool = False
+    """Keep the records already in the output (checked against the input), audit the rest."""
+    cache: PathLike | VerdictCache | None = None
+    """A verdict cache (or its SQLite path); None disables caching."""
+    report: PathLike | None = None
+    """Also write a self-contained HTML report there."""
+    progress: bool | Progress = False
+    """Print progress on stderr (or pass a :class:`Progress`)."""
+    sinks: Sequence[Sink] = ()
+    """Also hand every decision to these sinks (a JSONL log, a webhook, the review queue);
+    the run closes them when it ends. Records a sink could not take are counted in
+    ``AuditSummary.sink_errors``, never silently lost."""
+
+
+class _AuditKeywords(TypedDict, total=False):
+    """The fields of :class:`AuditOptions`, as keywords of :func:`run_audit`."""
+
+    auditor: Auditor | None
+    policy: Policy | None
+    format: Format | Literal["auto"]
+    image_root: PathLike | None
+    batch_output: PathLike | None
+    concurrency: int | None
+    batch_size: int
+    resume: bool
+    cache: PathLike | VerdictCache | None
+    report: PathLike | None
+    progress: bool | Progress
+    sinks: Sequence[Sink]
+
+
+def _options(options: AuditOptions | None, keywords: _AuditKeywords) -> AuditOptions:
+    base = options if options is not None else AuditOptions()
+    if not isinstance(base, AuditOptions):
+        raise TypeError(f"options must be AuditOptions, not {type(base).__name__}")
+    return replace(base, **keywords) if keywords else base
 
 
 def open_readers(
@@ -75,33 +146,34 @@ def _chain(readers: Sequence[LogReader]) -> Iterator[LogItem]:
 
 
 class _Run:
-    """Setup and teardown shared by both drivers: readers, resume, cache, writer, progress."""
+    """Setup and teardown shared by both drivers (and the Ray engine): readers, resume, cache,
+    writer, progress, sinks."""
 
     def __init__(
         self,
         inputs: Sequence[PathLike] | PathLike,
         out: PathLike,
+        options: AuditOptions,
         *,
-        auditor: Auditor | None,
-        policy: Policy | None,
-        format: Format | Literal["auto"],
-        image_root: PathLike | None,
-        batch_output: PathLike | None,
-        concurrency: int,
-        batch_size: int,
-        resume: bool,
-        cache: PathLike | VerdictCache | None,
-        report: PathLike | None,
-        progress: bool | Progress,
+        default_concurrency: int,
     ) -> None:
+        concurrency = (
+            options.concurrency if options.concurrency is not None else default_concurrency
+        )
+        batch_size = options.batch_size
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
         if batch_size < 1:
             raise ConfigurationError("batch size must be at least 1")
+        image_root, cache, progress = options.image_root, options.cache, options.progress
+        auditor, policy, report = options.auditor, options.policy, options.report
         self.started = time.monotonic()
         self.out = Path(out)
         self.readers = open_readers(
-            inputs, format=format, image_root=image_root, batch_output=batch_output
+            inputs,
+            format=options.format,
+            image_root=image_root,
+            batch_output=options.batch_output,
         )
         self.concurrency = concurrency
         self.owns_auditor = auditor is None
@@ -122,9 +194,10 @@ class _Run:
             else VerdictCache(os.fspath(cache))
         )
         items = _chain(self.readers)
-        if resume and self.out.exists():
+        if options.resume and self.out.exists():
             self._skip_written(items)
-        self.writer = OutputWriter(self.out, append=resume)
+        self.writer = OutputWriter(self.out, append=options.resume)
+        self.delivery = Delivery(options.sinks)
         total = sum(r.size for r in self.readers)
         if isinstance(progress, Progress):
             self.progress = progress
@@ -141,6 +214,7 @@ class _Run:
             batch_size=batch_size,
             window=concurrency * batch_size * 4 + 32,
             on_write=self._on_write,
+            on_decision=self.delivery.emit if self.delivery else None,
         )
 
     def _skip_written(self, items: Iterator[LogItem]) -> None:
@@ -191,8 +265,9 @@ class _Run:
         return self.summary
 
     def close(self) -> None:
-        """Release files and the cache (and the auditor, when this run created it)."""
+        """Release files, the cache and the sinks (and the auditor, when this run created it)."""
         self.writer.close()
+        self.summary.sink_errors = self.delivery.close()
         if self.cache is not None and self.owns_cache:
             self.cache.close()
         elif self.cache is not None:
@@ -201,47 +276,43 @@ class _Run:
             self.auditor.close()
 
 
+def _open_run(
+    inputs: Sequence[PathLike] | PathLike,
+    out: PathLike,
+    options: AuditOptions,
+    *,
+    default_concurrency: int,
+) -> _Run:
+    """A :class:`_Run`; if it cannot start, the sinks it was given are closed all the same."""
+    try:
+        return _Run(inputs, out, options, default_concurrency=default_concurrency)
+    except BaseException:
+        close_sinks(options.sinks)
+        raise
+
+
 def run_audit(
     inputs: Sequence[PathLike] | PathLike,
     out: PathLike,
-    *,
-    auditor: Auditor | None = None,
-    policy: Policy | None = None,
-    format: Format | Literal["auto"] = "auto",
-    image_root: PathLike | None = None,
-    batch_output: PathLike | None = None,
-    concurrency: int = 4,
-    batch_size: int = 1,
-    resume: bool = False,
-    cache: PathLike | VerdictCache | None = None,
-    report: PathLike | None = None,
-    progress: bool | Progress = False,
+    options: AuditOptions | None = None,
+    **keywords: Unpack[_AuditKeywords],
 ) -> AuditSummary:
     """Audit log files and write one verdict record per trace to ``out``, in input order.
 
     Args:
         inputs: log files or folders of them.
         out: the JSON Lines output; overwritten unless ``resume``.
-        auditor: who grades; default the rule baseline
-            (:class:`~traceguard.auditors.baseline.BaselineAuditor`). Give it an
-            :class:`~traceguard.ImageAccess` rooted at :func:`common_image_root`.
-        policy: maps verdicts to actions; default ``Policy()``.
-        format: ``auto`` detects each file's format.
-        image_root: folder image paths resolve under (default: each log file's folder).
-        batch_output: the Batch API output file, when not found next to the request file.
-        concurrency: auditor calls in flight at once (worker threads).
-        batch_size: traces per auditor call (``audit_batch``).
-        resume: keep the records already in ``out`` (after checking them against the input)
-            and audit only the rest.
-        cache: a verdict cache (or its SQLite path); None disables caching.
-        report: also write a self-contained HTML report there.
-        progress: print progress on stderr (or pass a :class:`Progress`).
+        options: how to run (:class:`AuditOptions`): auditor, policy, format, image root,
+            concurrency (worker threads, default 4), batch size, resume, cache, report, progress,
+            sinks.
+        keywords: the fields of :class:`AuditOptions` by name (``auditor=..., resume=True``);
+            they override ``options``.
 
     Raises:
         ConfigurationError: bad options, missing inputs, or an output that cannot be resumed.
+        TypeError: a keyword that is not a field of :class:`AuditOptions`.
     """
-    # ``_Run`` takes exactly these parameters; as the first statement, locals() holds only them.
-    run = _Run(**locals())
+    run = _open_run(inputs, out, _options(options, keywords), default_concurrency=_THREADS)
     try:
         _drive_threads(run.pipeline, run.auditor, run.concurrency)
     except BaseException:
@@ -271,26 +342,16 @@ def _drive_threads(pipeline: Pipeline, auditor: Auditor, concurrency: int) -> No
 async def arun_audit(
     inputs: Sequence[PathLike] | PathLike,
     out: PathLike,
-    *,
-    auditor: Auditor | None = None,
-    policy: Policy | None = None,
-    format: Format | Literal["auto"] = "auto",
-    image_root: PathLike | None = None,
-    batch_output: PathLike | None = None,
-    concurrency: int = 8,
-    batch_size: int = 1,
-    resume: bool = False,
-    cache: PathLike | VerdictCache | None = None,
-    report: PathLike | None = None,
-    progress: bool | Progress = False,
+    options: AuditOptions | None = None,
+    **keywords: Unpack[_AuditKeywords],
 ) -> AuditSummary:
-    """Async :func:`run_audit`: auditor calls go through ``aaudit_batch`` as concurrent tasks.
+    """Async :func:`run_audit`: auditor calls go through ``aaudit_batch`` as concurrent tasks
+    (default 8 in flight).
 
     Prefer it for served auditors (native async HTTP, no thread per request in flight).
     Arguments are those of :func:`run_audit`.
     """
-    # ``_Run`` takes exactly these parameters; as the first statement, locals() holds only them.
-    run = _Run(**locals())
+    run = _open_run(inputs, out, _options(options, keywords), default_concurrency=_TASKS)
     try:
         await _drive_tasks(run.pipeline, run.auditor, run.concurrency)
     except BaseException:

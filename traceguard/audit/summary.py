@@ -50,6 +50,9 @@ class AuditSummary:
     """Where the first of those is, and why."""
     cache_disabled: str | None = None
     """Why the verdict cache stopped working mid-run (a full disk), when it did."""
+    sink_errors: int = 0
+    """Records a sink (JSONL log, webhook, review queue) could not take; the output file has
+    them all."""
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Count one output record."""
@@ -167,6 +170,8 @@ class AuditSummary:
         if self.unreadable:
             rows.append(("input not read", f"{self.unreadable} region(s): records there are lost"))
         rows.append(("output", str(self.output)))
+        if self.sink_errors:
+            rows.append(("sink errors", f"{self.sink_errors} record(s) not delivered"))
         if self.report is not None:
             rows.append(("report", str(self.report)))
         width = max(len(name) for name, _ in rows)
