@@ -1,5 +1,9 @@
 """The ``traceguard`` command line: ``audit`` chat logs, ``eval`` on labelled data, ``report``.
 
+``audit`` and ``eval`` build their auditor from a :class:`~traceguard.config.GuardConfig`: the
+one in ``--config guard.yaml``, or one made from the auditor flags (:mod:`traceguard._cli_config`).
+The parser lives in :mod:`traceguard._cli_args`; each subcommand is one handler here.
+
 Exit codes (``traceguard audit``; ``eval`` and ``report`` use 0 and 2 only):
 
 ====  ==========================================================================================
@@ -26,17 +30,17 @@ import argparse
 import asyncio
 import errno
 import json
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING
 
-from traceguard._auditor import Auditor
+from traceguard._cli_args import build_parser
 from traceguard._exceptions import ConfigurationError, TraceguardError
-from traceguard._images import ImageAccess
-from traceguard._version import __version__
+
+if TYPE_CHECKING:
+    from traceguard.audit.summary import AuditSummary
 
 __all__ = [
     "EXIT_AUDIT_ERRORS",
@@ -57,214 +61,40 @@ EXIT_INPUT_LOST = 4
 EXIT_IO_ERROR = 5
 EXIT_INTERRUPTED = 130
 
-_FORMATS = ("auto", "openai", "openai-batch", "sharegpt", "guardtrace", "langchain")
 
+def _run(args: argparse.Namespace, out: Path, *, report: Path | None, sinks: bool) -> AuditSummary:
+    """Audit ``args.inputs`` into ``out`` with the guard the flags (or ``--config``) describe."""
+    from traceguard._cli_config import guard_from_args
+    from traceguard.audit.runner import AuditOptions, arun_audit
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors raise instead of exiting, so ``main`` returns the code."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigurationError(message)
-
-
-class _DefaultsFormatter(argparse.HelpFormatter):
-    """Help that shows each option's default, unless it is unset (None/False) or the help text
-    already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        help_text = action.help
-        if (
-            help_text is not None
-            and "default" not in help_text
-            and action.default not in (None, False, argparse.SUPPRESS)
-            and action.option_strings
-        ):
-            help_text += " (default: %(default)s)"
-        return help_text
-
-
-def _auditor_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("auditor (default: the embedded rule baseline)")
-    group.add_argument("--auditor-url", help="OpenAI-compatible server serving the auditor")
-    group.add_argument("--auditor-model", help="model name on that server")
-    group.add_argument("--api-key-env", help="environment variable holding the server's API key")
-    group.add_argument("--model", help="local GuardTrace-VL checkpoint folder (needs [local])")
-    group.add_argument(
-        "--mode",
-        choices=("full", "score"),
-        default="full",
-        help="full: the auditor writes its analysis and judgment; score: one forward pass reads "
-        "the probability of each risk level (needs a GuardTrace model)",
-    )
-    group.add_argument("--timeout", type=float, default=120.0, help="seconds per auditor call")
-    inputs = parser.add_argument_group("inputs")
-    inputs.add_argument(
-        "--format",
-        choices=_FORMATS,
-        default="auto",
-        help="input log format (auto: detected per file)",
-    )
-    inputs.add_argument("--batch-output", help="Batch API output file (default: found by name)")
-    inputs.add_argument("--image-root", help="folder image paths resolve under")
-    inputs.add_argument(
-        "--allow-remote-images",
-        action="store_true",
-        help="fetch http(s) image URLs found in the logs (off: such images are invalid input)",
-    )
-    run = parser.add_argument_group("run")
-    run.add_argument("--policy", help="policy file (YAML or TOML)")
-    run.add_argument(
-        "--concurrency",
-        type=int,
-        help="auditor calls in flight (default: 1 with --model, 16 with --auditor-url, else 4)",
-    )
-    run.add_argument(
-        "--batch-size",
-        type=int,
-        help="traces per auditor call (default: 8 with --model, else 1)",
-    )
-    run.add_argument("--cache", help="verdict cache (SQLite; default: next to the output)")
-    run.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="neither read nor write the verdict cache: audit every trace again",
-    )
-    run.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``traceguard`` argument parser."""
-    parser = _Parser(
-        prog="traceguard",
-        description="Audit the reasoning traces and images of multimodal agents.",
-        epilog="Exit codes: 0 ok, 1 --fail-on threshold hit, 2 usage error, "
-        "3 no trace could be audited (auditor failing), or --fail-on with traces that could not "
-        "be audited, 4 part of the input could not be read (records lost), 5 a file could not be "
-        "written or read (disk full: free space, then --resume), 130 interrupted.",
-    )
-    parser.add_argument("--version", action="version", version=f"traceguard {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    audit = commands.add_parser(
-        "audit",
-        help="audit chat logs, one verdict line per trace",
-        formatter_class=_DefaultsFormatter,
-    )
-    audit.add_argument("inputs", nargs="+", help="log files or folders")
-    audit.add_argument("--out", required=True, help="verdicts JSONL to write")
-    audit.add_argument("--report", help="also write a self-contained HTML report")
-    audit.add_argument(
-        "--fail-on",
-        choices=("potentially_harmful", "harmful"),
-        help="exit 1 if some trace is graded at or above this level, 3 if none is but some "
-        "could not be audited (default: exit 0 whatever the verdicts)",
-    )
-    _auditor_options(audit)
-
-    evaluate = commands.add_parser(
-        "eval",
-        help="score an auditor on labelled data",
-        formatter_class=_DefaultsFormatter,
-    )
-    evaluate.add_argument("inputs", nargs="+", help="labelled log files or folders")
-    evaluate.add_argument(
-        "--split",
-        metavar="NAME",
-        help="score only the records whose 'split' field equals NAME (e.g. test); records "
-        "without the field are excluded (default: every record)",
-    )
-    evaluate.add_argument("--out", help="write the metrics as JSON here")
-    evaluate.add_argument("--verdicts", help="keep the verdicts JSONL here (default: temporary)")
-    _auditor_options(evaluate)
-
-    report = commands.add_parser("report", help="render the HTML report of a verdicts file")
-    report.add_argument("verdicts")
-    report.add_argument("--out", required=True, help="HTML file to write")
-    report.add_argument("--image-root", help="folder thumbnails may be read from")
-    return parser
-
-
-def _image_root(args: argparse.Namespace) -> Path:
-    from traceguard.audit.readers import expand_inputs
-
-    if args.image_root:
-        return Path(args.image_root).resolve()
-    files = expand_inputs([Path(p) for p in args.inputs])
-    return Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
-
-
-def _make_auditor(args: argparse.Namespace, access: ImageAccess) -> Auditor:
-    if args.auditor_url and args.model:
-        raise ConfigurationError("give either --auditor-url or --model, not both")
-    if args.auditor_url:
-        if not args.auditor_model:
-            raise ConfigurationError("--auditor-url needs --auditor-model")
-        from traceguard.auditors.guardtrace import GuardTraceAuditor
-
-        backend_options: dict[str, Any] = {
-            "timeout": args.timeout,
-            "max_concurrency": args.concurrency * args.batch_size,
-        }
-        if args.api_key_env:
-            backend_options["api_key_env"] = args.api_key_env
-        return GuardTraceAuditor.served(
-            args.auditor_url,
-            args.auditor_model,
-            mode=args.mode,
-            image_access=access,
-            **backend_options,
-        )
-    if args.model:
-        from traceguard.auditors.guardtrace import GuardTraceAuditor
-
-        return GuardTraceAuditor.local(args.model, mode=args.mode, image_access=access)
-    if args.mode != "full":
-        raise ConfigurationError("--mode score needs a GuardTrace model (--model or --auditor-url)")
-    from traceguard.auditors.baseline import BaselineAuditor
-
-    return BaselineAuditor(image_access=access)
-
-
-def _defaults(args: argparse.Namespace) -> None:
-    """Concurrency and batch size suited to the auditor kind, unless given."""
-    if args.batch_size is None:
-        args.batch_size = 8 if args.model else 1
-    if args.concurrency is None:
-        args.concurrency = 1 if args.model else 16 if args.auditor_url else 4
-    if args.concurrency < 1 or args.batch_size < 1:
-        raise ConfigurationError("--concurrency and --batch-size must be at least 1")
-
-
-def _run(args: argparse.Namespace, out: Path, *, report: Path | None) -> Any:
-    from traceguard._policy import Policy
-    from traceguard.audit.runner import arun_audit
-
-    _defaults(args)
-    policy = Policy.from_file(args.policy) if args.policy else Policy()
-    access = ImageAccess(root=_image_root(args), allow_remote=args.allow_remote_images)
+    guard = guard_from_args(args)
     cache: Path | None = None
     if not args.no_cache:
         cache = Path(args.cache) if args.cache else out.with_name(out.name + ".cache.sqlite")
-    auditor = _make_auditor(args, access)
+    auditor = guard.config.build_auditor()
+    try:
+        built_sinks = guard.config.build_sinks() if sinks else []
+    except BaseException:
+        auditor.close()
+        raise
+    options = AuditOptions(
+        auditor=auditor,
+        policy=guard.config.policy,
+        format=args.format,
+        image_root=args.image_root,
+        batch_output=args.batch_output,
+        concurrency=guard.concurrency,
+        batch_size=guard.batch_size,
+        resume=args.resume,
+        cache=cache,
+        report=report,
+        progress=not args.quiet,
+        sinks=built_sinks,
+    )
 
-    async def go() -> Any:
+    async def go() -> AuditSummary:
         try:
-            return await arun_audit(
-                args.inputs,
-                out,
-                auditor=auditor,
-                policy=policy,
-                format=args.format,
-                image_root=args.image_root,
-                batch_output=args.batch_output,
-                concurrency=args.concurrency,
-                batch_size=args.batch_size,
-                resume=args.resume,
-                cache=cache,
-                report=report,
-                progress=not args.quiet,
-            )
+            return await arun_audit(args.inputs, out, options)
         finally:
             await auditor.aclose()
 
@@ -273,8 +103,15 @@ def _run(args: argparse.Namespace, out: Path, *, report: Path | None) -> Any:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    summary = _run(args, Path(args.out), report=Path(args.report) if args.report else None)
+    report = Path(args.report) if args.report else None
+    summary = _run(args, Path(args.out), report=report, sinks=True)
     print(summary.table())
+    if summary.sink_errors:
+        print(
+            f"traceguard: {summary.sink_errors} decision record(s) could not be delivered to the "
+            f"configured sinks (all are in {args.out}; see the log above)",
+            file=sys.stderr,
+        )
     code: int = summary.exit_code(args.fail_on)
     if summary.unreadable:
         print(
@@ -317,7 +154,7 @@ def _eval(args: argparse.Namespace) -> int:
         )
     with tempfile.TemporaryDirectory(prefix="traceguard-eval-") as scratch:
         verdicts = Path(args.verdicts) if args.verdicts else Path(scratch) / "verdicts.jsonl"
-        summary = _run(args, verdicts, report=None)
+        summary = _run(args, verdicts, report=None, sinks=False)
         metrics = evaluate_records(existing_records(verdicts), split=args.split, splits=splits)
     if not metrics.total:
         if args.split is not None:
