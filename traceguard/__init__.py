@@ -53,8 +53,8 @@ from traceguard.review import Escalation, ReviewQueue
 
 __all__ = [
     "Action",
-    "AuditRecord",
     "AuditOptions",
+    "AuditRecord",
     "AuditStatus",
     "AuditSummary",
     "Auditor",
