@@ -572,3 +572,21 @@ def test_the_spec_is_frozen() -> None:
     config = GuardConfig.from_mapping({"auditor": {"kind": "baseline"}})
     with pytest.raises(Exception, match="frozen"):
         config.auditor = config.auditor  # type: ignore[misc]
+
+
+def test_the_readme_schema_example_is_a_valid_config(tmp_path: Path) -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Configuration file") :]
+    text = section[section.index("```yaml\n") + len("```yaml\n") : section.index("```\n", 10)]
+    (tmp_path / "policy.yaml").write_text(
+        (EXAMPLES / "policy.yaml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    path = tmp_path / "guard.yaml"
+    path.write_text(text, encoding="utf-8")
+    config = GuardConfig.from_file(path)
+    assert config.review is not None and [s.kind for s in config.sinks] == ["jsonl", "webhook"]
+    auditor = config.build_auditor()
+    try:
+        assert isinstance(auditor, StagedAuditor) and len(auditor.stages) == 2
+    finally:
+        auditor.close()
