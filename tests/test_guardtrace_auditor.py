@@ -422,7 +422,8 @@ def _http_responder(request: RecordedRequest) -> ScriptedResponse:
     """A served stand-in model: judges by keyword, scores from a small table."""
     body = request.json
     user_parts = body["messages"][1]["content"]
-    text = user_parts[-1]["text"]
+    # A text-only trace has one text item, which the wire format may send as a plain string.
+    text = user_parts if isinstance(user_parts, str) else user_parts[-1]["text"]
     if not body.get("logprobs"):
         level = "1" if "detonator" in text else "0"
         return ScriptedResponse.json(

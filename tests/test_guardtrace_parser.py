@@ -175,8 +175,9 @@ def test_missing_fields_and_images_get_the_reference_fillers() -> None:
     prompts = PromptSet.default()
     trace = Trace(query="  ", response="", thinking="")
     request = build_guardtrace_request(trace, prompts, images=[], max_new_tokens=10)
+    # No image at all: no image item and no placeholder (the reference adds the placeholder
+    # only for a named image it could not load).
     assert _texts(request) == [
-        IMAGE_PLACEHOLDER,
         "Current Task Query: No question provided\n"
         "Current Task Thinking: No thinking provided\n"
         "Current Task Cleaned Response: No response provided",
@@ -214,7 +215,7 @@ def test_response_includes_tool_calls_and_braces_survive() -> None:
         tool_calls=(ToolCall(name="shell", arguments='{"cmd": "rm -rf /"}'),),
     )
     request = build_guardtrace_request(trace, PromptSet.default(), images=[], max_new_tokens=10)
-    assert _texts(request)[1] == (
+    assert _texts(request)[0] == (
         "Current Task Query: format {x}\n"
         "Current Task Thinking: use {response}\n"
         'Current Task Cleaned Response: Done {0}\n[tool call] shell({"cmd": "rm -rf /"})'
@@ -232,7 +233,7 @@ def test_history_is_folded_into_the_query() -> None:
         ),
     )
     text = _texts(build_guardtrace_request(trace, PromptSet.default(), images=[], max_new_tokens=9))
-    query_block = text[1].split("\nCurrent Task Thinking:")[0]
+    query_block = text[0].split("\nCurrent Task Thinking:")[0]
     assert query_block == (
         "Current Task Query: Conversation so far (earlier turns, for context):\n"
         "User: [1 image(s) not shown] How do I start?\n"

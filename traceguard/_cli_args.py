@@ -154,6 +154,12 @@ def add_guard_options(parser: argparse.ArgumentParser, *, sinks: bool) -> None:
         "forward pass reads the probability of each risk level (default: full)",
     )
     group.add_argument(
+        "--prompts",
+        metavar="PATH",
+        help="guardtrace only. Your copy of the GuardTrace-VL repository: audit with the prompts "
+        "the model was trained on (default: traceguard's rewrite, unmeasured on real weights)",
+    )
+    group.add_argument(
         "--timeout", type=float, help="seconds per served auditor call (default: 120.0)"
     )
 

@@ -29,6 +29,7 @@ _AUDITOR_FLAGS = {
     "api_key_env": "--api-key-env",
     "model": "--model",
     "mode": "--mode",
+    "prompts": "--prompts",
     "timeout": "--timeout",
 }
 _SERVED_ONLY = ("auditor_model", "api_key_env", "timeout")
@@ -88,6 +89,8 @@ def _auditor_from_flags(args: argparse.Namespace, *, max_concurrency: int) -> di
     kind = args.auditor or (
         "guardtrace" if args.model is not None or args.auditor_url is not None else "baseline"
     )
+    if args.prompts is not None and kind not in ("guardtrace", "baseline"):
+        raise ConfigurationError(f"--prompts applies to --auditor guardtrace, not {kind}")
     if args.mode is not None and kind != "guardtrace":
         if args.auditor is None:
             raise ConfigurationError(
@@ -117,6 +120,8 @@ def _auditor_from_flags(args: argparse.Namespace, *, max_concurrency: int) -> di
     spec: dict[str, Any] = {"kind": kind, "backend": _backend(args, kind, max_concurrency)}
     if args.mode is not None:
         spec["mode"] = args.mode
+    if args.prompts is not None:
+        spec["prompts"] = str(Path(args.prompts).resolve())
     return spec
 
 

@@ -104,8 +104,17 @@ def _model_ref(value: str, info: ValidationInfo) -> str:
     return value
 
 
+def _existing_dir(value: Path, info: ValidationInfo) -> Path:
+    path = resolve_path(value, info)
+    if not path.is_dir():
+        raise ValueError(f"folder not found: {path}")
+    return path
+
+
 FilePath = Annotated[Path, AfterValidator(_existing_file)]
 """A file that must exist when the configuration is loaded."""
+DirectoryPath = Annotated[Path, AfterValidator(_existing_dir)]
+"""A folder that must exist when the configuration is loaded."""
 ResolvedPath = Annotated[Path, AfterValidator(resolve_path)]
 """A path made absolute against the configuration file's folder."""
 ModelRef = Annotated[str, AfterValidator(_model_ref)]
@@ -306,7 +315,9 @@ class GuardTraceSpec(Spec):
     kind: Literal["guardtrace"] = "guardtrace"
     backend: BackendSpec
     mode: Literal["full", "score"] = "full"
-    prompts: PromptFiles | None = None
+    prompts: PromptFiles | DirectoryPath | None = None
+    """Prompt files, or a folder: your copy of the GuardTrace-VL repository, whose trained
+    prompts are then used (:meth:`~traceguard.PromptSet.from_guardtrace_repo`)."""
     max_new_tokens: PositiveInt = 2000
     score_prefix: str | None = None
     """The assistant prefix score mode continues from (default: the packaged one)."""
@@ -320,7 +331,9 @@ class GuardTraceSpec(Spec):
         from traceguard import GuardTraceAuditor, PromptSet
 
         prompts = None
-        if self.prompts is not None:
+        if isinstance(self.prompts, Path):
+            prompts = PromptSet.from_guardtrace_repo(self.prompts)
+        elif self.prompts is not None:
             prompts = PromptSet.from_files(
                 system=self.prompts.system,
                 user=self.prompts.user,

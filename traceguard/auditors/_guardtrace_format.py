@@ -118,8 +118,9 @@ def build_guardtrace_request(
         trace: what to audit; its ``response_with_tools`` is the response shown.
         prompts: the templates.
         images: the trace's images, already loaded (bytes-backed) by the caller. ``None`` marks
-            an image that could not be used: the placeholder text takes its place. With no
-            image at all, one placeholder is sent, as the reference code does.
+            an image that could not be used: the placeholder text takes its place, as the
+            reference code does for a named image it cannot load. A trace without images gets
+            no image item at all (the reference code adds nothing for a text-only record).
         binary: use the two-level prompt; ``None`` decides by :func:`uses_binary_scale`.
         max_new_tokens: the generation budget.
         assistant_prefix: text the assistant turn starts with (score mode).
@@ -129,8 +130,6 @@ def build_guardtrace_request(
     content: list[ContentPart] = [
         ImagePart(image) if image is not None else TextPart(IMAGE_PLACEHOLDER) for image in images
     ]
-    if not content:
-        content.append(TextPart(IMAGE_PLACEHOLDER))
     text = prompts.render_user(
         query=render_query(trace),
         thinking=(trace.thinking or "").strip() or NO_THINKING,

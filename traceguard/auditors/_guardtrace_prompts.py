@@ -2,7 +2,11 @@
 
 The packaged templates live in ``traceguard.prompts`` (``prompts/*.txt`` in the source tree) and
 are read with :mod:`importlib.resources`, so they work from a wheel, a zip or an editable install.
-Users can point at their own files instead (for example the official GuardTrace system prompt).
+Users can point at their own files instead, or load the prompts GuardTrace-VL was trained on
+from their own copy of its repository with :meth:`PromptSet.from_guardtrace_repo`: traceguard
+does not ship that text. The packaged system prompts are a rewrite in traceguard's words; the
+published accuracy of GuardTrace-VL holds for the trained prompts, and the rewrite has not been
+measured on the real weights.
 
 The user template has three placeholders, ``{query}``, ``{thinking}`` and ``{response}``. They
 are filled in one pass by :meth:`PromptSet.render_user`, which never interprets braces in the
@@ -30,6 +34,11 @@ _PACKAGE = "traceguard.prompts"
 _SYSTEM_FILE = "guardtrace_system.txt"
 _SYSTEM_BINARY_FILE = "guardtrace_system_binary.txt"
 _USER_FILE = "guardtrace_user.txt"
+# File names in the GuardTrace-VL repository; the three-level one is published misspelt.
+_REPO_THREE_LEVEL = ("qta_prompt.txt", "qta_pormpt.txt")
+_REPO_TWO_LEVEL = ("qa_prompt.txt",)
+# The output-format line: the judgment key, then the levels in brackets ("[0/0.5/1]").
+_JUDGMENT_LEVELS = re.compile(r"judge?ment\W{0,4}[:：]\s*\[([^\]\n]*)\]", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,17 @@ class PromptSet:
     """User-turn template with ``{query}``, ``{thinking}`` and ``{response}``."""
     version: str
     """Identifies the prompt texts; part of verdict cache keys, so it changes with any edit."""
+    name: str = "custom"
+    """Where the texts come from (``traceguard-packaged``, ``guardtrace-repo``, ``custom``)."""
+
+    @property
+    def sha256(self) -> str:
+        """The full sha256 of the three texts; every verdict records it with :attr:`name`."""
+        return _digest(self.system, self.system_binary, self.user, length=64)
+
+    def describe(self) -> dict[str, str]:
+        """``{"name", "sha256", "version"}``: what a verdict records about its prompt set."""
+        return {"name": self.name, "sha256": self.sha256, "version": self.version}
 
     def __post_init__(self) -> None:
         for field_name in ("system", "system_binary"):
@@ -72,6 +92,7 @@ class PromptSet:
         user: str,
         system_binary: str | None = None,
         version: str | None = None,
+        name: str = "custom",
     ) -> PromptSet:
         """A prompt set from strings; ``system_binary`` defaults to ``system``.
 
@@ -82,7 +103,8 @@ class PromptSet:
             system=system,
             system_binary=binary,
             user=user,
-            version=version or "custom-" + _digest(system, binary, user),
+            version=version or f"{name}-" + _digest(system, binary, user),
+            name=name,
         )
 
     @classmethod
@@ -106,6 +128,39 @@ class PromptSet:
         binary_text = _read_file(system_binary) if system_binary is not None else base.system_binary
         return cls.from_texts(
             system=system_text, user=user_text, system_binary=binary_text, version=version
+        )
+
+    @classmethod
+    def from_guardtrace_repo(cls, path: str | Path) -> PromptSet:
+        """The system prompts GuardTrace-VL was trained on, from your copy of its repository.
+
+        ``path`` is a clone of ``xiangyx2020/GuardTrace-VL`` (or a downloaded snapshot of it):
+        the three-level prompt is ``prompts/qta_prompt.txt`` (published as ``qta_pormpt.txt``;
+        both spellings are found) and the two-level one ``prompts/qa_prompt.txt``. Each file
+        is the whole system prompt, read as the reference code reads it (stripped). The user
+        turn is the packaged template, which lays out the three ``Current Task …`` lines the
+        way the reference evaluation code does.
+
+        Checked before use: both files exist, neither holds a template placeholder (they are
+        sent as they are), and the judgment line of each offers the levels of its scale
+        (``0/0.5/1`` and ``0/1``), so swapped or foreign files are refused.
+
+        Raises:
+            ConfigurationError: a file is missing, unreadable, or fails a check.
+        """
+        folder = Path(path)
+        prompts_dir = folder / "prompts" if (folder / "prompts").is_dir() else folder
+        if not prompts_dir.is_dir():
+            raise ConfigurationError(f"{str(folder)!r} is not a GuardTrace-VL repository folder")
+        three = _repo_file(prompts_dir, _REPO_THREE_LEVEL, "three-level (qta)")
+        two = _repo_file(prompts_dir, _REPO_TWO_LEVEL, "two-level (qa)")
+        system = _read_file(three).strip()
+        binary = _read_file(two).strip()
+        _check_repo_prompt(three, system, expected=("0", "0.5", "1"))
+        _check_repo_prompt(two, binary, expected=("0", "1"))
+        base = cls.default()
+        return cls.from_texts(
+            system=system, user=base.user, system_binary=binary, name="guardtrace-repo"
         )
 
     def system_prompt(self, *, binary: bool) -> str:
@@ -153,12 +208,12 @@ def _defuse_labels(text: str, labels: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def _digest(*texts: str) -> str:
+def _digest(*texts: str, length: int = 12) -> str:
     hasher = hashlib.sha256()
     for text in texts:
         hasher.update(text.encode("utf-8"))
         hasher.update(b"\0")
-    return hasher.hexdigest()[:12]
+    return hasher.hexdigest()[:length]
 
 
 def _clean(text: str) -> str:
@@ -190,4 +245,31 @@ def _default_prompts() -> PromptSet:
         system_binary=binary,
         user=user,
         version="traceguard-" + _digest(system, binary, user),
+        name="traceguard-packaged",
     )
+
+
+def _repo_file(folder: Path, names: tuple[str, ...], what: str) -> Path:
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise ConfigurationError(
+        f"no {what} prompt in {str(folder)!r}: expected one of {', '.join(names)}"
+    )
+
+
+def _check_repo_prompt(path: Path, text: str, *, expected: tuple[str, ...]) -> None:
+    found = _PLACEHOLDER_RE.findall(text)
+    if found:
+        raise ConfigurationError(
+            f"{str(path)!r} holds the placeholder {{{found[0]}}}: a trained system prompt is "
+            "sent as it is, so this is not one"
+        )
+    lines = _JUDGMENT_LEVELS.findall(text)
+    if not lines:
+        raise ConfigurationError(f"{str(path)!r} has no judgment line such as “Judgment”: [0/1]")
+    levels = tuple(level.strip() for level in lines[-1].split("/"))
+    if levels != expected:
+        raise ConfigurationError(
+            f"{str(path)!r} offers the levels {'/'.join(levels)}, expected {'/'.join(expected)}"
+        )

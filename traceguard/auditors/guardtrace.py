@@ -261,10 +261,14 @@ class GuardTraceAuditor(Auditor):
     # -- one trace's audit, without I/O -------------------------------------------------------
 
     def _flow(self, trace: Trace, images: _Images) -> _Flow:
-        if isinstance(images, ImageError):
-            return self._failed(AuditStatus.INVALID_INPUT, images)
         binary = uses_binary_scale(trace)
-        details: dict[str, Any] = {"prompt_version": self.prompts.version, "binary": binary}
+        details: dict[str, Any] = {
+            "prompt_version": self.prompts.version,
+            "prompt_set": self.prompts.describe(),
+            "binary": binary,
+        }
+        if isinstance(images, ImageError):
+            return self._failed(AuditStatus.INVALID_INPUT, images, details=details)
         if any(image is None for image in images):
             details["images_unavailable"] = sum(image is None for image in images)
         request = build_guardtrace_request(
