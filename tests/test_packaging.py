@@ -23,6 +23,9 @@ assert "Judgment" in text
 mods = sorted(m.name for m in pkgutil.iter_modules(traceguard.integrations.__path__))
 assert "openai" in mods and "langchain" in mods, mods
 assert importlib.resources.files("traceguard").joinpath("py.typed").is_file()
+review = importlib.resources.files("traceguard.review")
+for name in ("templates/base.html", "templates/detail.html", "static/app.js", "static/app.css"):
+    assert review.joinpath(name).is_file(), name
 from importlib.metadata import distribution
 assert distribution("traceguard-vl").metadata["Name"] == "traceguard-vl"
 print("ok", traceguard.__version__)

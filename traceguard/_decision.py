@@ -3,6 +3,7 @@ human reviewer later made of an escalation: :class:`ReviewOutcome`."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -119,6 +120,39 @@ class Decision:
     def awaiting_review(self) -> bool:
         """True for an escalation no reviewer has decided yet (held as ``disposition``)."""
         return self.escalated and (self.review is None or not self.review.decided)
+
+    def after_review(
+        self, outcome: ReviewOutcome, *, thinking: str | None, response: str | None
+    ) -> Decision:
+        """This escalation once its review is known: approved, the held output (``thinking``,
+        ``response``: the audited trace's) goes on as allowed; rejected, it is blocked; no
+        decision (timeout), the policy's fallback stands. ``review`` records the outcome."""
+        if not self.escalated:
+            raise ValueError("only an escalation is reviewed")
+        who = outcome.reviewer or "a reviewer"
+        if outcome.resolution == "approved":
+            return dataclasses.replace(
+                self,
+                disposition=Action.ALLOW,
+                thinking=thinking,
+                response=response,
+                review=outcome,
+                reason=f"{self.reason}; approved by {who}",
+            )
+        if outcome.resolution == "rejected":
+            return dataclasses.replace(
+                self,
+                disposition=Action.BLOCK,
+                thinking=None,
+                response=None,
+                review=outcome,
+                reason=f"{self.reason}; rejected by {who}",
+            )
+        return dataclasses.replace(
+            self,
+            review=outcome,
+            reason=f"{self.reason}; no review in time, held as {self.disposition.value}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping (the verdict nested under ``verdict``)."""

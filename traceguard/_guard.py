@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from typing import Literal, cast
 
 from traceguard._auditor import Auditor
-from traceguard._decision import Action, Decision, ReviewOutcome
+from traceguard._decision import Decision, ReviewOutcome
 from traceguard._exceptions import AuditorError, Blocked, ConfigurationError, Escalated
 from traceguard._policy import Policy
 from traceguard._sinks import AuditRecord, BackgroundSink, Sink
@@ -135,30 +136,36 @@ class Guard:
             decision = _reviewed(decision, outcome, trace)
         return _act(decision, raise_on_block=self.raise_on_block)
 
-    def check_batch(self, traces: Sequence[Trace]) -> list[Decision]:
+    def check_batch(
+        self, traces: Sequence[Trace], *, wait_for_review: bool | None = None
+    ) -> list[Decision]:
         """Check several traces in one auditor batch; one decision each, in order.
 
         Never raises :class:`Blocked`: inspect ``decision.blocked`` instead, because one blocked
-        trace must not hide the decisions about the others.
+        trace must not hide the decisions about the others. ``wait_for_review`` overrides
+        ``on_escalate`` for this call (False: return escalations at once, for a caller that
+        handles the review itself, as the LangGraph gate does by pausing the graph).
         """
         traces = list(traces)
         verdicts = self._audit_sync(traces)
         decisions = [self._settle(t, v) for t, v in zip(traces, verdicts, strict=True)]
         deadline = time.monotonic() + self.review_timeout
         for index, (trace, decision) in enumerate(zip(traces, decisions, strict=True)):
-            if self._holds(decision):
+            if self._holds(decision, wait_for_review):
                 assert decision.escalation_id is not None
                 left = max(0.0, deadline - time.monotonic())
                 outcome = self.wait_for_review(decision.escalation_id, left)
                 decisions[index] = _reviewed(decision, outcome, trace)
         return decisions
 
-    async def acheck_batch(self, traces: Sequence[Trace]) -> list[Decision]:
+    async def acheck_batch(
+        self, traces: Sequence[Trace], *, wait_for_review: bool | None = None
+    ) -> list[Decision]:
         """Async :meth:`check_batch`; never raises :class:`Blocked`."""
         traces = list(traces)
         verdicts = await self._audit_async(traces)
         decisions = [await self._asettle(t, v) for t, v in zip(traces, verdicts, strict=True)]
-        held = [i for i, decision in enumerate(decisions) if self._holds(decision)]
+        held = [i for i, d in enumerate(decisions) if self._holds(d, wait_for_review)]
         if held:
             outcomes = await asyncio.gather(
                 *(self.await_review(cast(str, decisions[i].escalation_id)) for i in held)
@@ -321,10 +328,10 @@ class Guard:
         # A file or SQLite sink does blocking I/O; keep it off the event loop.
         return await asyncio.to_thread(self._settle, trace, verdict)
 
-    def _holds(self, decision: Decision) -> bool:
+    def _holds(self, decision: Decision, wait: bool | None = None) -> bool:
         """True when this decision waits for a reviewer before it is acted on."""
         return (
-            self.on_escalate == "wait"
+            (self.on_escalate == "wait" if wait is None else wait)
             and decision.escalated
             and decision.escalation_id is not None
             and decision.review is None
@@ -373,41 +380,18 @@ def _act(decision: Decision, *, raise_on_block: bool) -> Decision:
 
 
 def _reviewed(decision: Decision, outcome: ReviewOutcome, trace: Trace) -> Decision:
-    """``decision`` after a wait for its review: approved goes on as allowed, rejected is
-    blocked, no decision in time keeps the policy's fallback."""
-    if outcome.resolution == "approved":
-        return dataclasses.replace(
-            decision,
-            disposition=Action.ALLOW,
-            thinking=trace.thinking,
-            response=trace.response,
-            review=outcome,
-            reason=f"{decision.reason}; approved by {outcome.reviewer}",
-        )
-    if outcome.resolution == "rejected":
-        return dataclasses.replace(
-            decision,
-            disposition=Action.BLOCK,
-            thinking=None,
-            response=None,
-            review=outcome,
-            reason=f"{decision.reason}; rejected by {outcome.reviewer}",
-        )
-    return dataclasses.replace(
-        decision,
-        review=outcome,
-        reason=f"{decision.reason}; no review in time, held as {decision.disposition.value}",
-    )
+    return decision.after_review(outcome, thinking=trace.thinking, response=trace.response)
 
 
-_MAX_ID_CHARS = 128
+# Ids appear in URLs and file names: letters, digits and a few separators only.
+_ESCALATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def _new_escalation_id(trace: Trace) -> str:
     """A fresh id, unless the integration fixed one in the trace's metadata (a LangGraph node
     re-run on resume must file the same item again, not a new one)."""
     given = trace.metadata.get("escalation_id") if trace.metadata else None
-    if isinstance(given, str) and 0 < len(given) <= _MAX_ID_CHARS and given.isprintable():
+    if isinstance(given, str) and _ESCALATION_ID.fullmatch(given):
         return given
     return uuid.uuid4().hex
 

@@ -13,9 +13,13 @@
   reason, origin) without ever making the guarded call wait for the database.
 - :class:`EscalationStore` is the database itself: listing, filtering, resolving, counts,
   retention, delivery marks for resumers. Reviewer tools and the web app use it directly.
+- :func:`create_app` (needs ``traceguard-vl[review]``) builds the Starlette app that
+  ``traceguard review`` serves. It is imported on first use, so this package stays light.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from traceguard._decision import ReviewOutcome
 from traceguard.review._entry import offline_escalation_id
@@ -33,6 +37,9 @@ from traceguard.review._model import (
 from traceguard.review._sink import ReviewQueue
 from traceguard.review._store import EscalationStore
 
+if TYPE_CHECKING:
+    from traceguard.review.app import create_app as create_app
+
 __all__ = [
     "AlreadyResolved",
     "Escalation",
@@ -45,6 +52,16 @@ __all__ = [
     "ReviewQueue",
     "SourceLocation",
     "StoredImage",
+    "create_app",
     "offline_escalation_id",
     "parse_age",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The web app needs the [review] extra; load it only when asked for.
+    if name == "create_app":
+        from traceguard.review.app import create_app
+
+        return create_app
+    raise AttributeError(f"module 'traceguard.review' has no attribute {name!r}")

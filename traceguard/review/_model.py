@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from traceguard._decision import ReviewOutcome
 from traceguard._exceptions import TraceguardError
+from traceguard._verdict import AuditStatus, ErrorInfo, Verdict
 
 __all__ = [
     "AlreadyResolved",
@@ -22,6 +23,7 @@ __all__ = [
     "State",
     "StoredImage",
     "parse_age",
+    "verdict_from_dict",
 ]
 
 Status = Literal["pending", "resolved"]
@@ -321,3 +323,37 @@ def parse_age(value: str | float | dt.timedelta) -> dt.timedelta:
     if age.total_seconds() < 0:
         raise ValueError("an age cannot be negative")
     return age
+
+
+def verdict_from_dict(data: Mapping[str, Any]) -> Verdict:
+    """The :class:`Verdict` that ``Verdict.to_dict()`` stored. A stored verdict that cannot be
+    read back is an auditor error, never a risk level."""
+    auditor = str(data.get("auditor") or "unknown")
+    try:
+        status = AuditStatus(data.get("status"))
+        if status is AuditStatus.OK:
+            probabilities = data.get("probabilities")
+            return Verdict.ok(
+                auditor=auditor,
+                risk=float(data["risk"]),
+                categories=tuple(str(c) for c in data.get("categories") or ()),
+                analysis=str(data.get("analysis") or ""),
+                raw_output=data.get("raw_output"),
+                latency_ms=float(data.get("latency_ms") or 0.0),
+                probabilities=dict(probabilities) if isinstance(probabilities, Mapping) else None,
+                details=dict(data.get("details") or {}),
+            )
+        error = data.get("error") if isinstance(data.get("error"), Mapping) else {}
+        assert isinstance(error, Mapping)
+        return Verdict.failed(
+            status,
+            auditor=auditor,
+            error=ErrorInfo(str(error.get("type") or "AuditorError"), str(error.get("message"))),
+            raw_output=data.get("raw_output"),
+        )
+    except (KeyError, TypeError, ValueError):
+        return Verdict.failed(
+            AuditStatus.AUDITOR_ERROR,
+            auditor=auditor,
+            error=ErrorInfo("ReviewQueueError", "the stored verdict cannot be read back"),
+        )
