@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     _audit_parser(commands)
     _eval_parser(commands)
     _report_parser(commands)
+    from traceguard.review._cli import add_parser as add_review_parser
+
+    add_review_parser(commands, formatter_class=_DefaultsFormatter)
     return parser
 
 
@@ -76,6 +79,12 @@ def _audit_parser(commands: Any) -> argparse.ArgumentParser:
         choices=("potentially_harmful", "harmful"),
         help="exit 1 if some trace is graded at or above this level, 3 if none is but some "
         "could not be audited (default: exit 0 whatever the verdicts)",
+    )
+    audit.add_argument(
+        "--review-queue",
+        metavar="SQLITE",
+        help="file escalations in this review queue, with their log file and line, for "
+        "`traceguard review` (overrides the configuration's review section)",
     )
     add_guard_options(audit, sinks=True)
     add_input_options(audit)

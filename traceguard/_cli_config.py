@@ -168,6 +168,12 @@ def _with_overrides(config: GuardConfig, args: argparse.Namespace) -> GuardConfi
     if args.allow_remote_images:
         images["allow_remote"] = True
     update["images"] = config.images.model_copy(update=images)
+    review_queue = getattr(args, "review_queue", None)  # audit only
+    if review_queue is not None:
+        from traceguard.config import ReviewSpec
+
+        current = config.review or ReviewSpec(path=Path(review_queue))
+        update["review"] = current.model_copy(update={"path": Path(review_queue).resolve()})
     return config.model_copy(update=update)
 
 

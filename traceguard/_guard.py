@@ -352,7 +352,10 @@ class Guard:
         # built (a trace whose content cannot be hashed) may turn a block into an exception that
         # a caller could mistake for something else, or an allow into a crash.
         try:
-            record = AuditRecord.from_decision(trace, decision)
+            link = None
+            if self.review_queue is not None and decision.escalation_id is not None:
+                link = self.review_queue.link(decision.escalation_id)
+            record = AuditRecord.from_decision(trace, decision, review_url=link)
         except Exception as exc:
             with self._errors_lock:
                 self._sink_errors += len(self.sinks)

@@ -63,9 +63,14 @@ class AuditRecord:
     trace: Trace | None = field(default=None, repr=False, compare=False)
     """The audited trace, for a sink that keeps what a reviewer must see (the review queue).
     Never part of :meth:`to_dict`: other sinks store sizes and hashes only."""
+    review_url: str | None = None
+    """For an escalation filed in a review queue that knows its app's address: the link to the
+    item's review page (so a webhook notification can point the reviewer there)."""
 
     @classmethod
-    def from_decision(cls, trace: Trace, decision: Decision) -> AuditRecord:
+    def from_decision(
+        cls, trace: Trace, decision: Decision, *, review_url: str | None = None
+    ) -> AuditRecord:
         """The record of ``decision`` about ``trace``."""
         return cls(
             decision=decision,
@@ -73,6 +78,7 @@ class AuditRecord:
             trace_summary=trace.summary(),
             trace_id=trace.id,
             trace=trace,
+            review_url=review_url,
         )
 
     @property
@@ -95,6 +101,7 @@ class AuditRecord:
             "content_hash": self.content_hash,
             "trace": dict(self.trace_summary),
             "decision": self.decision.to_dict(),
+            **({"review_url": self.review_url} if self.review_url else {}),
         }
 
     def to_json(self) -> str:

@@ -194,11 +194,19 @@ def _io_problem(exc: OSError) -> str:
     return f"cannot access{where}: {exc.strerror or exc}"
 
 
+def _review(args: argparse.Namespace) -> int:
+    from traceguard.review._cli import run
+
+    return run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     try:
         args = build_parser().parse_args(argv)
-        handler = {"audit": _audit, "eval": _eval, "report": _report}[args.command]
+        handler = {"audit": _audit, "eval": _eval, "report": _report, "review": _review}[
+            args.command
+        ]
         return handler(args)
     except ConfigurationError as exc:
         print(f"traceguard: error: {exc}", file=sys.stderr)

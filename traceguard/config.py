@@ -204,18 +204,56 @@ SinkSpec = Annotated[JsonlSinkSpec | WebhookSinkSpec, Field(discriminator="kind"
 
 
 class ReviewSpec(Spec):
-    """The human review queue escalations go to (a SQLite file)."""
+    """The human review queue escalations go to (a SQLite file), served by ``traceguard
+    review``."""
 
     path: ResolvedPath
     escalations_only: bool = True
     """Store only escalated decisions (False: every decision)."""
+    store_content: bool = True
+    """Keep the audited text and image thumbnails for the reviewer (False: hashes only)."""
+    max_age: str | None = None
+    """Retention, e.g. ``30d``: resolved items older than this are purged."""
+    base_url: str | None = None
+    """Where reviewers reach the review app; escalation records (and so webhook notifications)
+    then link to the item's page."""
+    timeout: PositiveFloat = 5.0
+    """Seconds one database attempt waits for another process's lock (callers never wait)."""
 
-    def build(self) -> Sink:
-        """The queue, as a sink."""
+    @field_validator("max_age")
+    @classmethod
+    def _check_age(cls, value: str | None) -> str | None:
+        if value is not None:
+            from traceguard.review import parse_age
+
+            parse_age(value)
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            from traceguard.review._sink import check_review_url
+
+            return check_review_url(value)
+        return value
+
+    def build(self, image_access: ImageAccess | None = None) -> Sink:
+        """The queue, as a sink; ``image_access`` lets it make thumbnails of image files."""
         from traceguard import ReviewQueue
 
         try:
-            return ReviewQueue(self.path, escalations_only=self.escalations_only)
+            return ReviewQueue(
+                self.path,
+                escalations_only=self.escalations_only,
+                store_content=self.store_content,
+                image_access=image_access,
+                timeout=self.timeout,
+                max_age=self.max_age,
+                review_url=self.base_url,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"review: {exc}") from None
         except Exception as exc:  # sqlite3 errors: a missing folder, a locked or foreign file
             raise ConfigurationError(f"review queue {self.path}: {exc}") from None
 
@@ -308,7 +346,7 @@ class GuardConfig(Spec):
             for spec in self.sinks:
                 built.append(spec.build())
             if self.review is not None:
-                built.append(self.review.build())
+                built.append(self.review.build(self.images.access()))
         except BaseException:
             for sink in built:
                 sink.close()

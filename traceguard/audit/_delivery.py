@@ -15,6 +15,7 @@ from traceguard._decision import Decision
 from traceguard._sinks import AuditRecord, BackgroundSink, Sink
 from traceguard._trace import Trace
 from traceguard.audit._messages import LogItem
+from traceguard.review import ReviewQueue, offline_escalation_id
 
 __all__ = ["Delivery", "close_sinks"]
 
@@ -42,7 +43,9 @@ class Delivery:
     def emit(self, item: LogItem, decision: Decision) -> None:
         """Record ``decision`` about ``item`` in every sink."""
         try:
-            record = AuditRecord.from_decision(_trace_of(item), decision)
+            trace = _trace_of(item)
+            decision, link = self._escalation(item, trace, decision)
+            record = AuditRecord.from_decision(trace, decision, review_url=link)
         except Exception as exc:
             self.failed += len(self.sinks)
             logger.error("cannot build the audit record of %s: %r", item.id, exc)
@@ -53,6 +56,21 @@ class Delivery:
             except Exception as exc:
                 self.failed += 1
                 logger.error("sink %r failed: %s", sink, exc)
+
+    def _escalation(
+        self, item: LogItem, trace: Trace, decision: Decision
+    ) -> tuple[Decision, str | None]:
+        """An escalation gets an id fixed by its input line and content (auditing the file again
+        files nothing twice), and the link to its review page when the queue knows the app."""
+        if not decision.escalated:
+            return decision, None
+        source = item.source
+        escalation_id = offline_escalation_id(
+            source.path, source.line, source.turn, trace.content_hash()
+        )
+        decision = dataclasses.replace(decision, escalation_id=escalation_id)
+        queues = [s for s in self.sinks if isinstance(s, ReviewQueue)]
+        return decision, queues[0].link(escalation_id) if queues else None
 
     def close(self, timeout: float = _FLUSH_TIMEOUT_S) -> int:
         """Deliver what is queued, close every sink; returns the records not delivered."""

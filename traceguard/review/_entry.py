@@ -135,7 +135,10 @@ class NewEscalation:
             metadata = {}
         path, line, turn = _source(metadata)
         integration = _field(metadata.get("integration")) or ("offline" if path else None)
-        escalation_id = decision.escalation_id or uuid.uuid4().hex
+        escalation_id = decision.escalation_id
+        if escalation_id is None and path is not None:
+            escalation_id = offline_escalation_id(path, line, turn, record.content_hash)
+        escalation_id = escalation_id or uuid.uuid4().hex
         model = (trace.model if trace is not None else None) or metadata.get("model")
         row: dict[str, Any] = {
             "escalation_id": _field(escalation_id),

@@ -20,16 +20,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit
 
 from traceguard._decision import ReviewOutcome
 from traceguard._images import ImageAccess
 from traceguard._sinks import AuditRecord, Sink, SinkError
+from traceguard._urls import redact_url
 from traceguard.review._entry import NewEscalation, make_thumbnails
 from traceguard.review._model import Escalation, parse_age
 from traceguard.review._spill import SpillFile
 from traceguard.review._store import EscalationStore
 
-__all__ = ["ReviewQueue"]
+__all__ = ["ReviewQueue", "check_review_url"]
 
 logger = logging.getLogger("traceguard.review")
 
@@ -64,6 +66,9 @@ class ReviewQueue(Sink):
             queue opens and hourly after.
         max_pending: entries kept in memory while the database cannot take them; beyond this
             they wait in the spill file only (and lose their thumbnails).
+        review_url: where reviewers reach ``traceguard review`` for this queue (e.g.
+            ``https://review.internal:8765``); audit records of escalations then carry
+            ``review_url`` = the item's page, so a webhook notification links to it.
 
     The call path costs building the entry plus one ``write(2)`` to the spill file: no lock
     wait, no ``fsync``, no image decoding. ``pending_writes`` counts what is not in the
@@ -82,9 +87,11 @@ class ReviewQueue(Sink):
         max_age: str | float | dt.timedelta | None = None,
         max_pending: int = 10_000,
         close_timeout: float = 10.0,
+        review_url: str | None = None,
     ) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be >= 1")
+        self.review_url = check_review_url(review_url) if review_url is not None else None
         self.path = Path(path)
         self.escalations_only = escalations_only
         self.store_content = store_content
@@ -187,6 +194,12 @@ class ReviewQueue(Sink):
 
     def __repr__(self) -> str:
         return f"ReviewQueue({str(self.path)!r})"
+
+    def link(self, escalation_id: str) -> str | None:
+        """The URL of the item's review page, when ``review_url`` is set."""
+        if self.review_url is None:
+            return None
+        return f"{self.review_url}/items/{quote(escalation_id, safe='')}"
 
     # -- what a waiting guard asks --------------------------------------------------------------
 
@@ -305,3 +318,14 @@ class ReviewQueue(Sink):
         removed = self._writer_store.purge(self.max_age)
         if removed:
             logger.info("%r: purged %d resolved item(s) older than %s", self, removed, self.max_age)
+
+
+def check_review_url(url: str) -> str:
+    """The review app's address, checked: http(s), a host, no credentials, query or fragment
+    (the link goes into notifications and logs)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"review_url must be an http(s) URL, not {redact_url(url)!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError("review_url must not carry credentials, a query or a fragment")
+    return url.strip().rstrip("/")
