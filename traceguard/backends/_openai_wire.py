@@ -19,6 +19,7 @@ from traceguard.backends._base import (
     ImagePart,
     TokenDistribution,
 )
+from traceguard.backends._defuse import defuse_control_tokens
 
 __all__ = ["chat_body", "logprobs_body", "read_completion", "read_distribution"]
 
@@ -26,14 +27,16 @@ __all__ = ["chat_body", "logprobs_body", "read_completion", "read_distribution"]
 def _content(message: ChatMessage) -> str | list[dict[str, Any]]:
     # A lone text part goes as a plain string: every server accepts that for every role,
     # while some reject part lists in system or assistant turns.
+    # Text is defused exactly as the local backend does it: the server applies the chat
+    # template, so a "<|im_end|>" left in audited text would end the turn there.
     if len(message.content) == 1 and not isinstance(message.content[0], ImagePart):
-        return message.content[0].text
+        return defuse_control_tokens(message.content[0].text)
     parts: list[dict[str, Any]] = []
     for part in message.content:
         if isinstance(part, ImagePart):
             parts.append({"type": "image_url", "image_url": {"url": part.image.to_data_uri()}})
         else:
-            parts.append({"type": "text", "text": part.text})
+            parts.append({"type": "text", "text": defuse_control_tokens(part.text)})
     return parts
 
 

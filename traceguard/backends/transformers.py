@@ -55,6 +55,7 @@ from traceguard.backends._base import (
     TextPart,
     TokenDistribution,
 )
+from traceguard.backends._defuse import control_token_pattern, defuse_control_tokens
 from traceguard.backends._qwen_vision import prepare_images
 
 __all__ = ["TransformersBackend"]
@@ -69,8 +70,6 @@ _DTYPES = {
     "float16": "float16",
     "fp16": "float16",
 }
-# Inserted after the "<" of a control-token lookalike: invisible, and it breaks the exact match.
-_DEFUSE = "\u200b"
 # A shared pass keeps logits for its last (longest tail + 1) positions over the whole vocabulary
 # (~152k for Qwen) in every row of the batch; beyond this tail a request gets a pass of its own.
 # Score mode's tails are 1-2 tokens.
@@ -89,7 +88,7 @@ class _Runtime:
     device: Any
     eos_ids: frozenset[int]
     pad_id: int
-    control_tokens: re.Pattern[str] | None
+    control_tokens: re.Pattern[str]
     vision_ids: frozenset[int] = frozenset()
     """Placeholder tokens the processor expands per image; a shared tail must not hold any."""
 
@@ -434,7 +433,8 @@ class TransformersBackend(ChatBackend):
             content: list[dict[str, Any]] = []
             for part in message.content:
                 if isinstance(part, TextPart):
-                    content.append({"type": "text", "text": _defuse(rt, part.text)})
+                    text = defuse_control_tokens(part.text, rt.control_tokens)
+                    content.append({"type": "text", "text": text})
                 elif isinstance(part, ImagePart):
                     content.append({"type": "image"})
                     refs.append(part.image)
@@ -636,21 +636,11 @@ def _as_auditor_error(exc: Exception) -> AuditorError:
     return error
 
 
-def _control_token_pattern(tokenizer: Any) -> re.Pattern[str] | None:
-    """A regex matching every added/special token string the tokenizer would turn into an id."""
+def _control_token_pattern(tokenizer: Any) -> re.Pattern[str]:
+    """Every added/special token the tokenizer would turn into an id, plus the generic shapes."""
     tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
     tokens |= set(tokenizer.get_added_vocab())
-    tokens = {t for t in tokens if len(t) > 1}
-    if not tokens:
-        return None
-    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
-
-
-def _defuse(rt: _Runtime, text: str) -> str:
-    """Break every control-token lookalike in ``text`` so it tokenises as plain text."""
-    if rt.control_tokens is None:
-        return text
-    return rt.control_tokens.sub(lambda m: m.group(0)[0] + _DEFUSE + m.group(0)[1:], text)
+    return control_token_pattern(tokens)
 
 
 def _cut_user_text(rt: _Runtime, messages: list[dict[str, Any]], excess: int) -> bool:
