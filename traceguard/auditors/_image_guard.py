@@ -20,6 +20,7 @@ from traceguard._exceptions import (
     AuditorResponseError,
     ConfigurationError,
     ImageError,
+    InputError,
     ParseError,
 )
 from traceguard._images import ImageAccess, ImageRef
@@ -174,6 +175,21 @@ class ChatImageGuard(Auditor):
                 latency_ms=result.latency_ms,
                 details={"model": result.model},
             )
+        if result.truncated and finding.risk == 0:
+            # The backend cut the prompt (the policy) to make room for a large image: "safe"
+            # under part of a policy says nothing. Harm found stays harm, as for GuardTrace.
+            return Verdict.failed(
+                AuditStatus.INVALID_INPUT,
+                auditor=self.name,
+                error=InputError(
+                    "the prompt was cut to fit the model's input limit (a large image leaves "
+                    "no room for the whole policy); a safe rating under part of the policy is "
+                    "not given"
+                ),
+                raw_output=result.text,
+                latency_ms=result.latency_ms,
+                details={"model": result.model, "input_truncated": True},
+            )
         return Verdict.ok(
             auditor=self.name,
             risk=finding.risk,
@@ -181,7 +197,11 @@ class ChatImageGuard(Auditor):
             analysis=finding.analysis,
             raw_output=result.text,
             latency_ms=result.latency_ms,
-            details={"model": result.model, **(finding.details or {})},
+            details={
+                "model": result.model,
+                "input_truncated": result.truncated,
+                **(finding.details or {}),
+            },
         )
 
     def _no_image_verdict(self) -> Verdict:

@@ -297,14 +297,9 @@ class GuardTraceAuditor(Auditor):
                 details=details,
             )
         if result.truncated and parsed.risk == 0:
-            # The model saw the trace with its middle cut out; "safe" on part of a trace cannot
-            # vouch for the whole (padding would hide a harmful middle). Harm found stays harm.
             return self._failed(
                 AuditStatus.INVALID_INPUT,
-                InputError(
-                    "the trace was cut to fit the auditor's input limit and the visible part "
-                    "was graded safe; a safe verdict on part of a trace is not given"
-                ),
+                _cut_and_safe(),
                 raw_output=result.text,
                 latency_ms=result.latency_ms,
                 details=details,
@@ -320,10 +315,12 @@ class GuardTraceAuditor(Auditor):
 
     def _score_flow(self, request: ChatRequest, details: dict[str, Any]) -> _Flow:
         scorer = score_judgment(request)
+        truncated = False
         try:
             requests = next(scorer)
             while True:
                 results = yield _Call("logprobs", requests)
+                truncated |= any(isinstance(r, TokenDistribution) and r.truncated for r in results)
                 # _checked let only distributions and errors through; this narrows the type.
                 requests = scorer.send(
                     [r for r in results if isinstance(r, TokenDistribution | AuditorError)]
@@ -337,6 +334,7 @@ class GuardTraceAuditor(Auditor):
             score_requests=scores.requests,
             score_rounds=scores.rounds,
             score_mass=scores.mass,
+            input_truncated=truncated,
         )
         if scores.mass < self.min_mass:
             error = ParseError(
@@ -349,12 +347,23 @@ class GuardTraceAuditor(Auditor):
                 latency_ms=scores.latency_ms,
                 details=details,
             )
+        if truncated and scores.risk == 0:
+            # The same rule as full mode: no safe verdict on part of a trace.
+            return self._failed(
+                AuditStatus.INVALID_INPUT,
+                _cut_and_safe(),
+                raw_output=scores.describe(),
+                latency_ms=scores.latency_ms,
+                details=details,
+            )
         return Verdict.ok(
             auditor=self.name,
             risk=scores.risk,
             raw_output=scores.describe(),
             latency_ms=scores.latency_ms,
-            probabilities=scores.probabilities,
+            # A policy's thresholds re-grade from the probabilities; on a cut trace they could
+            # grade the harm found down to safe, so a cut trace keeps its level only.
+            probabilities=None if truncated else scores.probabilities,
             details=details,
         )
 
@@ -375,6 +384,15 @@ class GuardTraceAuditor(Auditor):
             latency_ms=latency_ms,
             details=details,
         )
+
+
+def _cut_and_safe() -> InputError:
+    # The model saw the trace with its middle cut out; "safe" on part of a trace cannot vouch
+    # for the whole (padding would hide a harmful middle). Harm found stays harm.
+    return InputError(
+        "the trace was cut to fit the auditor's input limit and the visible part was graded "
+        "safe; a safe verdict on part of a trace is not given"
+    )
 
 
 def _all_failed(call: _Call, exc: Exception) -> list[_Result]:

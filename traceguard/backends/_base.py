@@ -98,6 +98,9 @@ class TokenDistribution:
     logprobs: Mapping[str, float]
     latency_ms: float
     model: str
+    truncated: bool = False
+    """True when the input was cut to the backend's input-token limit (as for
+    :attr:`Completion.truncated`): the distribution is about part of the trace."""
 
 
 ChatResult: TypeAlias = Completion | AuditorError

@@ -569,13 +569,18 @@ class TransformersBackend(ChatBackend):
             k = min(top_k, int(logprobs.shape[-1]))
             values, indices = torch.topk(logprobs, k, dim=-1)
         latency_ms = (time.perf_counter() - started) * 1000.0
+        # Members of a group share the longest prompt's messages, so its cut applies to all.
+        cut = [group.prepared.truncated for group in groups for _ in group.members]
         distributions = [
             TokenDistribution(
                 logprobs=self._merged(rt, row_values, row_ids),
                 latency_ms=latency_ms,
                 model=self.name,
+                truncated=truncated,
             )
-            for row_values, row_ids in zip(values.tolist(), indices.tolist(), strict=True)
+            for row_values, row_ids, truncated in zip(
+                values.tolist(), indices.tolist(), cut, strict=True
+            )
         ]
         out: list[list[TokenDistribution]] = []
         for group in groups:
