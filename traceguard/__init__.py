@@ -22,7 +22,15 @@ from traceguard._exceptions import (
 )
 from traceguard._guard import Guard
 from traceguard._images import ImageAccess, ImageRef
-from traceguard._policy import CategoryRule, Policy, Redaction, Thresholds, strictest
+from traceguard._policy import (
+    CategoryRule,
+    Policy,
+    Redaction,
+    Thresholds,
+    ToolPolicy,
+    ToolRule,
+    strictest,
+)
 from traceguard._reasoning import (
     ReasoningStream,
     extract_chat_message,
@@ -31,6 +39,14 @@ from traceguard._reasoning import (
     split_think_tags,
 )
 from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink, SinkError, WebhookSink
+from traceguard._tools import (
+    ToolContext,
+    current_tool_context,
+    guard_tool,
+    held_result,
+    tool_call_trace,
+    tool_context,
+)
 from traceguard._trace import Stage, ToolCall, Trace, Turn
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 from traceguard._version import __version__
@@ -100,6 +116,9 @@ __all__ = [
     "StagedAuditor",
     "Thresholds",
     "ToolCall",
+    "ToolContext",
+    "ToolPolicy",
+    "ToolRule",
     "Trace",
     "TraceguardError",
     "TransformersBackend",
@@ -107,9 +126,12 @@ __all__ = [
     "Verdict",
     "WebhookSink",
     "arun_audit",
+    "current_tool_context",
     "extract_chat_message",
     "extract_langchain_message",
     "extract_responses_output",
+    "guard_tool",
+    "held_result",
     "parse_guardtrace_output",
     "parse_llavaguard_output",
     "parse_safeguard_output",
@@ -117,5 +139,7 @@ __all__ = [
     "split_think_tags",
     "strictest",
     "taxonomy",
+    "tool_call_trace",
+    "tool_context",
     "__version__",
 ]

@@ -94,6 +94,11 @@ class Decision:
     """Set on every escalation: the id of its review queue item (``Guard`` assigns it)."""
     review: ReviewOutcome | None = None
     """Set once a guard waited for the reviewer: the outcome, which ``disposition`` reflects."""
+    tool_message: str | None = None
+    """For a pending tool call held back: the text the model gets as the tool's result, so the
+    agent can recover. None when the call runs, or when the run stops (:attr:`stop_run`)."""
+    stop_run: bool = False
+    """For a pending tool call held back under ``on_block: stop``: end the agent's run."""
 
     def __post_init__(self) -> None:
         if self.disposition is Action.ESCALATE:
@@ -165,4 +170,6 @@ class Decision:
             "redacted_thinking_removed": self.redacted and self.thinking is None,
             "escalation_id": self.escalation_id,
             "review": self.review.to_dict() if self.review is not None else None,
+            "tool_message": self.tool_message,
+            "stop_run": self.stop_run,
         }

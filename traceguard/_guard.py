@@ -18,7 +18,8 @@ from traceguard._decision import Decision, ReviewOutcome
 from traceguard._exceptions import AuditorError, Blocked, ConfigurationError, Escalated
 from traceguard._policy import Policy
 from traceguard._sinks import AuditRecord, BackgroundSink, Sink
-from traceguard._trace import Trace
+from traceguard._tools import ToolContext, tool_call_trace
+from traceguard._trace import ToolCall, Trace
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 from traceguard.review._sink import ReviewQueue
 from traceguard.review._wait import ReviewWait
@@ -200,6 +201,21 @@ class Guard:
             if isinstance(step, ReviewOutcome):
                 return step
             await asyncio.sleep(step)
+
+    def check_tool_call(self, call: ToolCall, context: ToolContext | None = None) -> Decision:
+        """Audit a pending tool call, with the reasoning that led to it, before it runs.
+
+        ``context`` defaults to the one published with :func:`traceguard.tool_context`. Never
+        raises :class:`Blocked`: run the tool only when ``decision.blocked`` is False; else send
+        ``decision.tool_message`` back as its result, or end the run when ``decision.stop_run``.
+        """
+        return self.check_batch([tool_call_trace(call, context)])[0]
+
+    async def acheck_tool_call(
+        self, call: ToolCall, context: ToolContext | None = None
+    ) -> Decision:
+        """Async :meth:`check_tool_call`."""
+        return (await self.acheck_batch([tool_call_trace(call, context)]))[0]
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for background sinks to deliver; True when nothing is left pending."""

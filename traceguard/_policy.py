@@ -15,7 +15,15 @@ function, :meth:`Policy.decide`. How a verdict becomes an action:
 4. With ``probabilities`` and ``min_confidence``, a top probability below ``min_confidence`` adds
    the ``low_confidence`` action (default escalate); again the strictest wins, so uncertainty can
    tighten a decision but never loosen it.
-5. An escalation is held as ``escalation_fallback`` (default block) while a human reviews.
+5. A pending tool call (``Trace.stage`` is ``tool_call``) goes through the ``tools`` section
+   (:class:`~traceguard._policy_tools.ToolPolicy`): the first tool rule matching the tool's name
+   (glob), its arguments (regex) and, with ``min_risk``, the risk replaces the action of steps
+   1-4 (on a failed audit a rule can only tighten it); ``redact`` becomes ``tools.redact_as``
+   (default block), since a call either runs or does not.
+6. An escalation is held as ``escalation_fallback`` (default block) while a human reviews; for a
+   tool call a ``redact`` fallback holds it as block. A tool call held back carries
+   ``Decision.tool_message`` (the tool result the model gets) or, when the tool section (or the
+   matching rule) says ``on_block: stop``, ``Decision.stop_run``.
 
 ``allow`` for a failed status, or as ``escalation_fallback``, is legal but **fails open**: an
 output nobody could grade reaches the caller. It must be spelled out, and is logged as a warning
@@ -35,10 +43,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from traceguard._config_files import ConfigDocument, describe_validation_error, read_document
 from traceguard._decision import Action, Decision
 from traceguard._exceptions import ConfigurationError
-from traceguard._trace import Trace
+from traceguard._policy_tools import ToolPolicy, ToolRule
+from traceguard._trace import Stage, Trace
 from traceguard._verdict import AuditStatus, Label, Verdict
 
-__all__ = ["CategoryRule", "Policy", "Redaction", "Thresholds", "strictest"]
+__all__ = [
+    "CategoryRule",
+    "Policy",
+    "Redaction",
+    "Thresholds",
+    "ToolPolicy",
+    "ToolRule",
+    "strictest",
+]
 
 logger = logging.getLogger("traceguard.policy")
 
@@ -128,6 +145,8 @@ class Policy(_Config):
     """With probabilities: a top level probability below this adds ``low_confidence``."""
     low_confidence: Action = Action.ESCALATE
     redaction: Redaction = Field(default_factory=Redaction)
+    tools: ToolPolicy = Field(default_factory=ToolPolicy)
+    """Pending tool calls: per-tool rules and what a held-back call becomes."""
 
     @field_validator("escalation_fallback")
     @classmethod
@@ -193,12 +212,12 @@ class Policy(_Config):
             if verdict.error is not None:
                 message = _shorten(verdict.error.message)
                 phrase = f"{phrase} ({verdict.error.type}: {message})"
-            return self._build(action, phrase, verdict, trace)
+            return self._build(action, phrase, verdict, trace, risk=None)
         if not isinstance(verdict.label, Label) or verdict.risk != verdict.label.risk:
             # OK without a usable level (built by hand, or decoded from a damaged cache): no one
             # knows the risk, which is an auditor failure, never a reason to allow.
             phrase = f"malformed OK verdict (risk {verdict.risk!r}, label {verdict.label!r})"
-            return self._build(self.auditor_error, phrase, verdict, trace)
+            return self._build(self.auditor_error, phrase, verdict, trace, risk=None)
 
         label, why = self._grade(verdict)
         action, by_category = self._level_action(label, verdict.categories)
@@ -215,7 +234,7 @@ class Policy(_Config):
         ):
             head += f", low confidence {confidence:.2f} < {self.min_confidence:g}"
             action = strictest([action, self.low_confidence])
-        return self._build(action, head, verdict, trace)
+        return self._build(action, head, verdict, trace, risk=label.risk)
 
     def _grade(self, verdict: Verdict) -> tuple[Label, str]:
         """The level to act on, and why it differs from the auditor's (empty when it does not)."""
@@ -254,7 +273,17 @@ class Policy(_Config):
         rule = self.categories.get(category)
         return rule.for_label(label) if rule is not None else None
 
-    def _build(self, action: Action, head: str, verdict: Verdict, trace: Trace | None) -> Decision:
+    def _build(
+        self,
+        action: Action,
+        head: str,
+        verdict: Verdict,
+        trace: Trace | None,
+        *,
+        risk: float | None,
+    ) -> Decision:
+        if trace is not None and trace.stage is Stage.TOOL_CALL:
+            return self._build_tool_call(action, head, verdict, trace, risk=risk)
         disposition = self.escalation_fallback if action is Action.ESCALATE else action
         reason = f"{head} → {action.value}"
         if action is Action.ESCALATE:
@@ -275,6 +304,39 @@ class Policy(_Config):
             thinking=thinking,
             response=response,
             trace_id=trace.id if trace is not None else None,
+        )
+
+    def _build_tool_call(
+        self, action: Action, head: str, verdict: Verdict, trace: Trace, *, risk: float | None
+    ) -> Decision:
+        """A pending tool call's decision: tool rules applied, and what a held call becomes."""
+        outcome = self.tools.decide_call(trace.tool_calls, action, risk)
+        action = outcome.action
+        if outcome.note:
+            head = f"{head}, {outcome.note}"
+        disposition = self.escalation_fallback if action is Action.ESCALATE else action
+        if disposition is Action.REDACT:
+            disposition = Action.BLOCK  # a call cannot be half run
+        reason = f"{head} → {action.value}"
+        if action is Action.ESCALATE:
+            reason += f", held as {disposition.value}"
+        held = disposition is Action.BLOCK
+        stop = held and outcome.on_block == "stop"
+        message = None
+        if held and not stop:
+            message = self.tools.message_for(trace.tool_calls, escalated=action is Action.ESCALATE)
+        if stop:
+            reason += " (the run stops)"
+        return Decision(
+            action=action,
+            reason=reason,
+            verdict=verdict,
+            disposition=disposition,
+            thinking=None if held else trace.thinking,
+            response=None if held else trace.response,
+            trace_id=trace.id,
+            tool_message=message,
+            stop_run=stop,
         )
 
     def _output(self, disposition: Action, trace: Trace | None) -> tuple[str | None, str | None]:
