@@ -367,6 +367,9 @@ class LlavaGuardSpec(Spec):
     backend: BackendSpec
     policy: dict[str, CategoryMode] | FilePath | None = None
     """Category overrides (``{O3: non_violating}``) or a file holding them."""
+    policy_repo: DirectoryPath | None = None
+    """Your clone of the LlavaGuard repository: use the policy text the model was trained on
+    (:meth:`~traceguard.LlavaGuardPolicy.from_llavaguard_repo`), with ``policy``'s overrides."""
     max_new_tokens: PositiveInt = 500
     no_image: Literal["safe", "invalid_input"] = "safe"
     name: str | None = None
@@ -393,6 +396,8 @@ class LlavaGuardSpec(Spec):
             policy = LlavaGuardPolicy.from_file(self.policy)
         else:
             policy = LlavaGuardPolicy.from_mapping(self.policy or {})
+        if self.policy_repo is not None:
+            policy = LlavaGuardPolicy.from_llavaguard_repo(self.policy_repo, policy.overrides)
         return LlavaGuardAuditor(
             self.backend.build(default_model_class=LOCAL_MODEL_CLASS),
             policy=policy,

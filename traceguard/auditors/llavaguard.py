@@ -30,6 +30,7 @@ from traceguard._config_files import read_mapping
 from traceguard._exceptions import ConfigurationError, ParseError
 from traceguard._images import ImageAccess, ImageRef
 from traceguard.auditors._image_guard import ChatImageGuard, ImageFinding, NoImagePolicy
+from traceguard.auditors._llavaguard_repo import TrainedPolicyText
 from traceguard.backends._base import ChatBackend, ChatMessage, ChatRequest, ImagePart, TextPart
 from traceguard.taxonomy import LLAVAGUARD_CATEGORIES, OTHER_RISKS, from_llavaguard, llavaguard_code
 
@@ -80,6 +81,8 @@ class LlavaGuardPolicy:
     overrides: Mapping[str, CategoryMode] = field(default_factory=dict)
     template: str | None = None
     categories_text: str | None = None
+    trained: TrainedPolicyText | None = None
+    """The trained text, read by :meth:`from_llavaguard_repo`; when set, it is what renders."""
     _blocks: dict[str, tuple[str, str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +130,43 @@ class LlavaGuardPolicy:
         return cls(overrides=overrides)
 
     @classmethod
+    def from_llavaguard_repo(
+        cls,
+        path: str | Path,
+        overrides: Mapping[str, CategoryMode] | None = None,
+    ) -> LlavaGuardPolicy:
+        """The policy LlavaGuard v1.2 was trained on, from your clone of its repository.
+
+        The packaged policy (and its non-violating / sensitive wording) is traceguard's own
+        rewrite, which the model never saw. This reads the trained pieces from
+        ``llavaguard/taxonomy/taxonomies.py`` and ``assessment.py`` of a clone of
+        ``ml-research/LlavaGuard`` without running them (see
+        :mod:`traceguard.auditors._llavaguard_repo`), and renders ``overrides`` with the
+        category's own trained non-violating or sensitive text. The categories are laid out as
+        the training code assembled them (a blank line between two categories; the inference
+        notebook of the repository writes the same text without it).
+
+        Raises:
+            ConfigurationError: not a LlavaGuard repository, or its policy pieces cannot be read.
+        """
+        from traceguard.auditors._llavaguard_repo import read_policy_pieces
+
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ConfigurationError(f"{str(folder)!r} is not a LlavaGuard repository folder")
+        return cls(overrides=dict(overrides or {}), trained=read_policy_pieces(folder))
+
+    @property
+    def name(self) -> str:
+        """Where the policy text comes from: ``llavaguard-repo`` or ``traceguard-packaged``."""
+        return "llavaguard-repo" if self.trained is not None else "traceguard-packaged"
+
+    @property
+    def sha256(self) -> str:
+        """The full sha256 of the rendered prompt; verdicts record it with :attr:`name`."""
+        return hashlib.sha256(self.render().encode("utf-8")).hexdigest()
+
+    @classmethod
     def from_file(cls, path: str | Path) -> LlavaGuardPolicy:
         """Read the overrides from a JSON, TOML or YAML file (see :meth:`from_mapping`)."""
         # The same reader as Policy files, so one file can hold both.
@@ -139,6 +179,8 @@ class LlavaGuardPolicy:
 
     def render(self) -> str:
         """The full prompt text."""
+        if self.trained is not None:
+            return self.trained.render(self.overrides)
         blocks = []
         for code, title in LLAVAGUARD_CATEGORIES.items():
             if code == "NA":
@@ -312,6 +354,7 @@ class LlavaGuardAuditor(ChatImageGuard):
         )
         self.policy = policy if policy is not None else LlavaGuardPolicy()
         self._prompt = self.policy.render()
+        self._policy_set = {"name": self.policy.name, "sha256": self.policy.sha256}
 
     @classmethod
     def local(
@@ -382,6 +425,7 @@ class LlavaGuardAuditor(ChatImageGuard):
             "model_code": assessment.code,
             "complete": assessment.complete,
             "policy_version": self.policy.version,
+            "policy_set": dict(self._policy_set),
         }
         if assessment.rating == "Safe":
             return ImageFinding(risk=0.0, analysis=assessment.rationale, details=details)

@@ -23,7 +23,9 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MIN_PIXELS",
     "IMAGE_FACTOR",
+    "QWEN_VISION_MODEL_TYPES",
     "fetch_image",
+    "prepare_for_model",
     "prepare_images",
     "smart_resize",
     "uses_qwen_vl_utils",
@@ -143,3 +145,28 @@ def prepare_images(
     ]
     image_inputs, _ = process(conversation)
     return list(image_inputs or [])
+
+
+QWEN_VISION_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_5_vl"})
+"""``config.model_type`` of the checkpoints whose reference code pre-resizes with
+``qwen-vl-utils`` (GuardTrace-VL, SafeGuard-VL-RL, SafeQwen2.5-VL)."""
+
+
+def prepare_for_model(
+    images: Sequence[Image],
+    model_type: str,
+    *,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+) -> list[Image]:
+    """Images as the reference code of a ``model_type`` checkpoint hands them to its processor.
+
+    Qwen2-VL-family checkpoints get the ``qwen-vl-utils`` pre-resize. Every other family
+    (LLaVA-OneVision, whose processor picks an "anyres" grid of 384-pixel tiles plus a base
+    view; Gemma-3, which resizes to its fixed input) gets the images untouched: its reference
+    code opens the file and calls the processor, and a Qwen resize to multiples of 28 first
+    would change the pixels (and, for anyres, the grid) it was trained on.
+    """
+    if model_type in QWEN_VISION_MODEL_TYPES:
+        return prepare_images(images, min_pixels=min_pixels, max_pixels=max_pixels)
+    return list(images)

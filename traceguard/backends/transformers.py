@@ -7,7 +7,9 @@ PyTorch model is not safe to drive from two threads at once.
 What one call does, per batch of ``batch_size`` requests:
 
 1. render each request with the checkpoint's chat template (plus the assistant prefix, if any),
-   pre-resize its images like ``qwen-vl-utils`` (see :mod:`traceguard.backends._qwen_vision`);
+   pre-resize its images like ``qwen-vl-utils`` for a Qwen2-VL-family checkpoint, and leave them
+   to the processor for any other (LLaVA-OneVision's anyres; see
+   :mod:`traceguard.backends._qwen_vision`);
 2. if the prompt is over ``max_input_tokens``, cut the middle of the longest user text — never an
    image or a template token — and mark the result ``truncated``;
 3. left-pad the batch and run one greedy ``generate`` (or one forward pass for token scores);
@@ -56,7 +58,7 @@ from traceguard.backends._base import (
     TokenDistribution,
 )
 from traceguard.backends._defuse import control_token_pattern, defuse_control_tokens
-from traceguard.backends._qwen_vision import prepare_images
+from traceguard.backends._qwen_vision import prepare_for_model
 
 __all__ = ["TransformersBackend"]
 
@@ -89,6 +91,8 @@ class _Runtime:
     eos_ids: frozenset[int]
     pad_id: int
     control_tokens: re.Pattern[str]
+    model_type: str = "qwen2_5_vl"
+    """``config.model_type``: decides how images are prepared (Qwen pre-resize or none)."""
     vision_ids: frozenset[int] = frozenset()
     """Placeholder tokens the processor expands per image; a shared tail must not hold any."""
 
@@ -284,6 +288,7 @@ class TransformersBackend(ChatBackend):
             pad_id=int(pad_id),
             control_tokens=_control_token_pattern(tokenizer),
             vision_ids=_vision_ids(tokenizer),
+            model_type=str(getattr(model.config, "model_type", "")),
         )
 
     def _torch_dtype(self, torch: Any) -> Any:
@@ -451,8 +456,9 @@ class TransformersBackend(ChatBackend):
         ids = self._ids(rt, text)
         cached = vision.get(request.messages) if vision is not None else None
         if cached is None:
-            images = prepare_images(
+            images = prepare_for_model(
                 [ref.to_pil() for ref in refs],
+                rt.model_type,
                 min_pixels=self.min_pixels,
                 max_pixels=self.max_pixels,
             )
