@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from traceguard._chat import RequestContext, chat_message, responses_input, split_last_user
-from traceguard._trace import Stage, ToolCall, Trace
+from traceguard._openai_result import output_trace
 
 __all__ = [
     "RequestContext",
@@ -20,25 +20,6 @@ __all__ = [
     "output_trace",
     "responses_request_context",
 ]
-
-
-def output_trace(
-    context: RequestContext,
-    *,
-    response: str,
-    thinking: str | None,
-    tool_calls: tuple[ToolCall, ...] = (),
-    stage: Stage = Stage.FINAL,
-    choice: int = 0,
-) -> Trace:
-    """The trace of one output at ``stage``; ``choice`` (its index) goes in the metadata."""
-    return context.trace(
-        response=response,
-        thinking=thinking,
-        tool_calls=tool_calls,
-        stage=stage,
-        metadata={"choice": choice},
-    )
 
 
 def _model_name(kwargs: Mapping[str, Any]) -> str | None:

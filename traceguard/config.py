@@ -16,6 +16,7 @@ The same file configures the library (``Guard.from_config("guard.yaml")``), the 
     sinks:
       - {kind: jsonl, path: audit.jsonl}
     review: {path: review.sqlite}
+    serve: {upstream: {url: http://127.0.0.1:8000/v1}, keys: [...]}  # traceguard serve
 
 Rules the model enforces:
 
@@ -74,6 +75,7 @@ from traceguard._config_auditors import (
     url_without_secrets,
 )
 from traceguard._config_files import ConfigDocument, describe_validation_error, read_document
+from traceguard._config_serve import ServeSpec
 from traceguard._exceptions import ConfigurationError
 from traceguard._images import ImageAccess
 from traceguard._policy import Policy
@@ -97,6 +99,7 @@ __all__ = [
     "PromptFiles",
     "ReviewSpec",
     "SafeGuardSpec",
+    "ServeSpec",
     "ServedBackendSpec",
     "SingleAuditorSpec",
     "SinkSpec",
@@ -283,6 +286,8 @@ class GuardConfig(Spec):
     images: ImagesSpec = Field(default_factory=ImagesSpec)
     sinks: tuple[SinkSpec, ...] = ()
     review: ReviewSpec | None = None
+    serve: ServeSpec | None = None
+    """How ``traceguard serve`` runs (:mod:`traceguard._config_serve`); other uses ignore it."""
 
     @field_validator("policy", mode="before")
     @classmethod

@@ -1,0 +1,167 @@
+"""The upstream model server: one pooled httpx client, and the header rules both ways.
+
+Toward the upstream, a request keeps its body byte for byte and its headers minus what belongs
+to the client's hop or identity: its key (``Authorization``, ``api-key``, ``x-api-key``), cookies,
+hop-by-hop headers, and ``x-traceguard-*``. The upstream's key is added here, from the
+environment; nothing else ever sees it. Toward the client, the upstream's hop-by-hop headers,
+cookies and any ``x-traceguard-*`` header it made up are dropped (only the proxy states
+decisions).
+
+The client ignores ``HTTP(S)_PROXY`` and ``.netrc`` (``trust_env=False``): a proxy that picked
+credentials up from its environment would send them somewhere nobody configured.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import httpx
+
+from traceguard._config_auditors import env_headers
+from traceguard._config_serve import UpstreamSpec
+from traceguard._exceptions import ConfigurationError
+
+__all__ = ["Upstream", "client_headers", "header_value"]
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED = _HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "cookie",
+    "accept-encoding",
+    "openai-organization",
+    "openai-project",
+    "origin",
+    "referer",
+}
+_NOT_RETURNED = _HOP_BY_HOP | {"content-length", "set-cookie", "server", "date"}
+
+
+def _kept(name: str, dropped: frozenset[str]) -> bool:
+    return name not in dropped and not name.startswith("x-traceguard-")
+
+
+def client_headers(upstream: httpx.Response, *, decoded: bool) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers a client may see (``decoded``: the body is sent
+    decompressed, so ``content-encoding`` goes too)."""
+    out = []
+    for name, value in upstream.headers.raw:
+        lower = name.lower().decode("latin-1")
+        if not _kept(lower, _NOT_RETURNED):
+            continue
+        if decoded and lower == "content-encoding":
+            continue
+        out.append((name.lower(), value))
+    return out
+
+
+class Upstream:
+    """Requests to the upstream, under the upstream's own key."""
+
+    def __init__(self, base_url: str, spec: UpstreamSpec) -> None:
+        self.base_url = base_url.rstrip("/")
+        """Where the upstream's ``/v1`` is: the proxy's ``/v1/x`` goes to ``base_url + /x``."""
+        headers = env_headers(dict(spec.headers_from_env), what="upstream")
+        if spec.api_key_env is not None:
+            key = os.environ.get(spec.api_key_env)
+            if not key:
+                raise ConfigurationError(
+                    f"serve.upstream.api_key_env: the environment variable {spec.api_key_env} "
+                    "is not set"
+                )
+            headers["authorization"] = f"Bearer {key}"
+        self._headers = {name.lower(): value for name, value in headers.items()}
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=spec.max_connections,
+                max_keepalive_connections=min(spec.max_connections, 256),
+            ),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def url(self, path: str, query: bytes) -> str:
+        """The upstream URL of a proxy path (``/v1/...``) and its query string."""
+        rest = path[len("/v1") :] if path.startswith("/v1") else path
+        url = self.base_url + rest
+        if query:
+            url += "?" + query.decode("latin-1")
+        return url
+
+    def request_headers(
+        self, incoming: Iterable[tuple[bytes, bytes]], *, decoded: bool
+    ) -> list[tuple[str, str]]:
+        """The client's headers as forwarded (see the module documentation)."""
+        out = []
+        for raw_name, raw_value in incoming:
+            name = raw_name.decode("latin-1").lower()
+            if _kept(name, _NOT_FORWARDED):
+                out.append((name, raw_value.decode("latin-1")))
+        if decoded:
+            # The guard reads the body: ask for it uncompressed rather than inflate it here.
+            out.append(("accept-encoding", "identity"))
+        out.extend(self._headers.items())
+        return out
+
+    async def open(
+        self,
+        method: str,
+        path: str,
+        query: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        decoded: bool,
+    ) -> httpx.Response:
+        """Send a request; the response body is left to stream (close it).
+
+        Raises:
+            httpx.HTTPError: connection failures and timeouts, for the caller to map.
+        """
+        request = self.client.build_request(
+            method,
+            self.url(path, query),
+            headers=self.request_headers(headers, decoded=decoded),
+            content=body,
+        )
+        return await self.client.send(request, stream=True)
+
+    async def probe(self, path: str = "/v1/models", timeout: float = 2.0) -> bool:
+        """True when the upstream answers ``GET path`` with a 2xx or 4xx (it is alive)."""
+        try:
+            response = await self.client.get(
+                self.url(path, b""), headers=self._headers, timeout=timeout
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self.client.aclose()
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: str) -> str:
+    """One request header from ASGI's list of pairs (empty when absent)."""
+    wanted = name.encode("latin-1")
+    for key, value in headers:
+        if key.lower() == wanted:
+            return value.decode("latin-1")
+    return ""
