@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     from traceguard.review._cli import add_parser as add_review_parser
 
     add_review_parser(commands, formatter_class=_DefaultsFormatter)
+    from traceguard._cli_serve import add_parser as add_serve_parser
+
+    add_serve_parser(commands, formatter_class=_DefaultsFormatter)
     return parser
 
 

@@ -200,13 +200,23 @@ def _review(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from traceguard._cli_serve import run
+
+    return run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     try:
         args = build_parser().parse_args(argv)
-        handler = {"audit": _audit, "eval": _eval, "report": _report, "review": _review}[
-            args.command
-        ]
+        handler = {
+            "audit": _audit,
+            "eval": _eval,
+            "report": _report,
+            "review": _review,
+            "serve": _serve,
+        }[args.command]
         return handler(args)
     except ConfigurationError as exc:
         print(f"traceguard: error: {exc}", file=sys.stderr)

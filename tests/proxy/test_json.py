@@ -117,9 +117,10 @@ def test_responses_api_allow_and_block(make_proxy: ProxyFactory, upstream: OpenA
 
 def test_keys_are_required_and_checked(make_proxy: ProxyFactory, upstream: OpenAIServer) -> None:
     proxy = make_proxy()
-    with sdk(proxy.base_url, key="wrong") as client, pytest.raises(
-        openai.AuthenticationError
-    ) as caught:
+    with (
+        sdk(proxy.base_url, key="wrong") as client,
+        pytest.raises(openai.AuthenticationError) as caught,
+    ):
         client.chat.completions.create(model="m", messages=USER)
     assert caught.value.code == "invalid_api_key"
     missing = httpx.post(f"{proxy.base_url}/chat/completions", json={"messages": USER})
