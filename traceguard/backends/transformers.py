@@ -18,25 +18,23 @@ What one call does, per batch of ``batch_size`` requests:
    for ``finish_reason: "length"``).
 
 Token scores share prefills: requests with the same messages whose prompts (after tokenisation)
-are prefixes of one another — score mode asks for "“Judgment”: ", "“Judgment”: 0" and
-"“Judgment”: 0." at once — are answered from one forward pass over the longest, read at each
-shorter prompt's last position. Causal attention makes those logits the ones a separate pass
-would give.
+are prefixes of one another are answered from one forward pass over the longest
+(:mod:`traceguard.backends._shared_prefill`).
 
 Audited text is hostile: strings that spell the model's control tokens (``<|im_end|>``,
 ``<|image_pad|>``, ...) are defused before tokenisation, so a trace cannot close its own turn or
-forge an assistant answer.
+forge an assistant answer (:mod:`traceguard.backends._defuse`). Loading, the lock and the
+stop tokens are the torch runtime shared with the HoliSafe head
+(:mod:`traceguard.backends._torch_runtime`).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +44,7 @@ from traceguard._exceptions import (
     AuditorUnavailable,
     ConfigurationError,
 )
+from traceguard._version import install_hint
 from traceguard.backends._base import (
     ChatBackend,
     ChatMessage,
@@ -57,40 +56,31 @@ from traceguard.backends._base import (
     TextPart,
     TokenDistribution,
 )
-from traceguard.backends._defuse import control_token_pattern, defuse_control_tokens
+from traceguard.backends._defuse import (
+    GENERIC_CONTROL_TOKENS,
+    control_token_pattern,
+    defuse_control_tokens,
+)
+from traceguard.backends._qwen_prompt import cut_user_text, vision_ids
 from traceguard.backends._qwen_vision import prepare_for_model
+from traceguard.backends._shared_prefill import ScoreGroup, group_shared_prefills, score_groups
+from traceguard.backends._torch_runtime import (
+    Lazy,
+    LoadedModel,
+    as_auditor_error,
+    check_dtype,
+    require_torch,
+    torch_dtype,
+)
 
 __all__ = ["TransformersBackend"]
 
-_INSTALL_HINT = "pip install 'traceguard-vl[local]'"
-_TRUNCATION_MARK = "\n[...]\n"
-_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-}
-# A shared pass keeps logits for its last (longest tail + 1) positions over the whole vocabulary
-# (~152k for Qwen) in every row of the batch; beyond this tail a request gets a pass of its own.
-# Score mode's tails are 1-2 tokens.
-_MAX_SHARED_TAIL = 16
-
 
 @dataclass
-class _Runtime:
+class _Runtime(LoadedModel):
     """Everything loaded from the checkpoint."""
 
-    torch: Any
-    model: Any
-    processor: Any
-    tokenizer: Any
-    chat_template: str
-    device: Any
-    eos_ids: frozenset[int]
-    pad_id: int
-    control_tokens: re.Pattern[str]
+    control_tokens: re.Pattern[str] = GENERIC_CONTROL_TOKENS
     model_type: str = "qwen2_5_vl"
     """``config.model_type``: decides how images are prepared (Qwen pre-resize or none)."""
     vision_ids: frozenset[int] = frozenset()
@@ -114,15 +104,7 @@ _VisionCache = dict[tuple[ChatMessage, ...], tuple[list[Any], int]]
 """Per call: resized images and their extra token count, by message list (score mode asks for
 several prefixes of one conversation; its images are processed once)."""
 
-
-@dataclass
-class _ScoreGroup:
-    """Score requests answered by one forward pass over the longest prompt among them."""
-
-    prepared: _Prepared
-    """The longest prompt, the one that runs."""
-    members: list[tuple[int, int]] = field(default_factory=list)
-    """(request index, tokens between that request's last token and the end of the prompt)."""
+_ScoreGroup = ScoreGroup[_Prepared]
 
 
 _Unit = TypeVar("_Unit")
@@ -170,13 +152,8 @@ class TransformersBackend(ChatBackend):
         model_class: str | None = None,
         name: str | None = None,
     ) -> None:
-        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ConfigurationError(
-                f"TransformersBackend needs {' and '.join(missing)}: {_INSTALL_HINT}"
-            )
-        if dtype != "auto" and dtype not in _DTYPES:
-            raise ConfigurationError(f"unknown dtype {dtype!r}; use 'auto' or one of {_DTYPES}")
+        require_torch("TransformersBackend")
+        check_dtype(dtype)
         if batch_size < 1:
             raise ConfigurationError("batch_size must be at least 1")
         if max_input_tokens < 16:
@@ -195,8 +172,9 @@ class TransformersBackend(ChatBackend):
         self.model_class = model_class
         local = Path(model)
         self.name = name or (local.name if local.exists() else str(model))
-        self._lock = threading.RLock()
-        self._runtime: _Runtime | None = None
+        self._runtime = Lazy(self._load)
+        # One lock for loading and running: a PyTorch model is not safe to drive from two threads.
+        self._lock = self._runtime.lock
 
     def __repr__(self) -> str:
         return f"TransformersBackend({self.model_path!r}, device={self.device!r})"
@@ -224,14 +202,10 @@ class TransformersBackend(ChatBackend):
 
     def close(self) -> None:
         """Drop the model; the next call loads it again."""
-        with self._lock:
-            self._runtime = None
+        self._runtime.drop()
 
     def _ensure_loaded(self) -> _Runtime:
-        with self._lock:
-            if self._runtime is None:
-                self._runtime = self._load()
-            return self._runtime
+        return self._runtime.get()
 
     def _load(self) -> _Runtime:
         import torch
@@ -244,14 +218,14 @@ class TransformersBackend(ChatBackend):
         if model_cls is None:
             raise ConfigurationError(f"transformers has no model class {class_name!r}")
         kwargs: dict[str, Any] = {
-            "dtype": self._torch_dtype(torch),
+            "dtype": torch_dtype(torch, self.dtype, self.device),
             "trust_remote_code": self.trust_remote_code,
         }
         if self.attn_implementation is not None:
             kwargs["attn_implementation"] = self.attn_implementation
         if self.device == "auto":
             if importlib.util.find_spec("accelerate") is None:
-                raise ConfigurationError(f"device='auto' needs accelerate: {_INSTALL_HINT}")
+                raise ConfigurationError(f"device='auto' needs accelerate: {install_hint('local')}")
             kwargs["device_map"] = "auto"
         try:
             model = model_cls.from_pretrained(self.model_path, **kwargs)
@@ -267,37 +241,16 @@ class TransformersBackend(ChatBackend):
         # means this checkpoint cannot be served as configured.
         except Exception as exc:
             raise ConfigurationError(f"cannot load {self.model_path!r}: {exc}") from exc
-        model.eval()
         tokenizer = processor.tokenizer
-        # Batched generation is only correct with the padding on the left (the new tokens must
-        # follow every prompt directly); Qwen's tokenizer pads on the right by default.
-        tokenizer.padding_side = "left"
-        eos_ids = _as_ids(getattr(model.generation_config, "eos_token_id", None))
-        eos_ids |= _as_ids(tokenizer.eos_token_id)
-        pad_id = tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = min(eos_ids) if eos_ids else 0
-        return _Runtime(
+        return _Runtime.ready(
             torch=torch,
             model=model,
             processor=processor,
-            tokenizer=tokenizer,
             chat_template=chat_template,
-            device=model.device,
-            eos_ids=frozenset(eos_ids),
-            pad_id=int(pad_id),
             control_tokens=_control_token_pattern(tokenizer),
-            vision_ids=_vision_ids(tokenizer),
+            vision_ids=vision_ids(tokenizer),
             model_type=str(getattr(model.config, "model_type", "")),
         )
-
-    def _torch_dtype(self, torch: Any) -> Any:
-        if self.dtype != "auto":
-            return getattr(torch, _DTYPES[self.dtype])
-        on_cuda = self.device.startswith("cuda") or (
-            self.device == "auto" and torch.cuda.is_available()
-        )
-        return torch.bfloat16 if on_cuda else torch.float32
 
     def _runtime_or_errors(self, n: int) -> _Runtime | list[AuditorError]:
         try:
@@ -331,10 +284,11 @@ class TransformersBackend(ChatBackend):
                 return list(runtime)
             results: list[ScoreResult | None] = [None] * len(requests)
             ready = self._prepare_all(runtime, requests, results)
-            groups = self._group(runtime, requests, ready)
+            groups = group_shared_prefills(requests, ready, runtime.vision_ids)
 
             def score(rt: _Runtime, batch: list[_ScoreGroup]) -> list[list[TokenDistribution]]:
-                return self._score(rt, batch, top_k)
+                inputs = self._encode(rt, [group.prepared for group in batch])
+                return score_groups(rt, inputs, batch, top_k, model_name=self.name)
 
             outputs = self._in_batches(runtime, groups, score)
             for group, output in zip(groups, outputs, strict=True):
@@ -366,7 +320,7 @@ class TransformersBackend(ChatBackend):
             try:
                 ready.append((i, self._prepare(runtime, request, vision)))
             except Exception as exc:
-                results[i] = _as_auditor_error(exc)
+                results[i] = as_auditor_error(exc)
         return ready
 
     def _in_batches(
@@ -387,43 +341,8 @@ class TransformersBackend(ChatBackend):
                     try:
                         outputs.append(step(runtime, [unit])[0])
                     except Exception as exc:
-                        outputs.append(_as_auditor_error(exc))
+                        outputs.append(as_auditor_error(exc))
         return outputs
-
-    def _group(
-        self,
-        rt: _Runtime,
-        requests: Sequence[ChatRequest],
-        ready: list[tuple[int, _Prepared]],
-    ) -> list[_ScoreGroup]:
-        """Gather requests one forward pass can answer: same messages, nested token ids."""
-        by_messages: dict[tuple[ChatMessage, ...], list[tuple[int, _Prepared]]] = {}
-        for i, prepared in ready:
-            by_messages.setdefault(requests[i].messages, []).append((i, prepared))
-        groups: list[_ScoreGroup] = []
-        for items in by_messages.values():
-            left = sorted(items, key=lambda item: -len(item[1].text_ids))
-            while left:
-                (lead, prepared), *rest = left
-                long = prepared.text_ids
-                group = _ScoreGroup(prepared, [(lead, 0)])
-                left = []
-                for i, other in rest:
-                    short = other.text_ids
-                    # Shared text can still tokenise differently at the seam (" [" is one
-                    # token, " " + "[" two): only a true token prefix may share the pass.
-                    # The tail must hold no image placeholder, which the processor expands.
-                    tail = long[len(short) :]
-                    if (
-                        long[: len(short)] == short
-                        and len(tail) <= _MAX_SHARED_TAIL
-                        and not rt.vision_ids.intersection(tail)
-                    ):
-                        group.members.append((i, len(tail)))
-                    else:
-                        left.append((i, other))
-                groups.append(group)
-        return groups
 
     # -- preparing one request ----------------------------------------------------------------
 
@@ -475,7 +394,7 @@ class TransformersBackend(ChatBackend):
         for _ in range(8):
             if total <= self.max_input_tokens:
                 break
-            if not _cut_user_text(rt, messages, total - self.max_input_tokens):
+            if not cut_user_text(rt, messages, total - self.max_input_tokens):
                 raise AuditorError(
                     f"prompt needs {total} tokens, over max_input_tokens={self.max_input_tokens}, "
                     "even with the user text cut"
@@ -553,73 +472,6 @@ class TransformersBackend(ChatBackend):
             )
         return results
 
-    def _score(
-        self, rt: _Runtime, groups: list[_ScoreGroup], top_k: int
-    ) -> list[list[TokenDistribution]]:
-        torch = rt.torch
-        started = time.perf_counter()
-        inputs = self._encode(rt, [group.prepared for group in groups])
-        # Left padding puts every prompt's last token in the last column, so a member's position
-        # is counted from the right: keep only as many trailing positions as the deepest needs.
-        keep = 1 + max(offset for group in groups for _, offset in group.members)
-        rows = [row for row, group in enumerate(groups) for _ in group.members]
-        columns = [keep - 1 - offset for group in groups for _, offset in group.members]
-        with torch.inference_mode():
-            logits = rt.model(**inputs, use_cache=False, logits_to_keep=keep).logits
-            index = (
-                torch.tensor(rows, device=logits.device),
-                torch.tensor(columns, device=logits.device),
-            )
-            picked = logits[index]
-            logprobs = torch.log_softmax(picked.float(), dim=-1)
-            k = min(top_k, int(logprobs.shape[-1]))
-            values, indices = torch.topk(logprobs, k, dim=-1)
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        # Members of a group share the longest prompt's messages, so its cut applies to all.
-        cut = [group.prepared.truncated for group in groups for _ in group.members]
-        distributions = [
-            TokenDistribution(
-                logprobs=self._merged(rt, row_values, row_ids),
-                latency_ms=latency_ms,
-                model=self.name,
-                truncated=truncated,
-            )
-            for row_values, row_ids, truncated in zip(
-                values.tolist(), indices.tolist(), cut, strict=True
-            )
-        ]
-        out: list[list[TokenDistribution]] = []
-        for group in groups:
-            out.append(distributions[: len(group.members)])
-            distributions = distributions[len(group.members) :]
-        return out
-
-    @staticmethod
-    def _merged(rt: _Runtime, values: list[float], token_ids: list[int]) -> dict[str, float]:
-        merged: dict[str, float] = {}
-        for logprob, token_id in zip(values, token_ids, strict=True):
-            key = rt.tokenizer.decode([token_id], skip_special_tokens=False)
-            # Distinct ids can decode to one string (partial UTF-8 bytes): add their mass.
-            merged[key] = _logaddexp(merged[key], logprob) if key in merged else logprob
-        return merged
-
-
-def _as_ids(value: Any) -> set[int]:
-    if value is None:
-        return set()
-    if isinstance(value, int):
-        return {value}
-    return {int(v) for v in value}
-
-
-def _vision_ids(tokenizer: Any) -> frozenset[int]:
-    ids = set()
-    for token in ("<|image_pad|>", "<|video_pad|>"):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return frozenset(ids)
-
 
 def _filled(results: list[Any]) -> list[Any]:
     if any(result is None for result in results):
@@ -634,54 +486,8 @@ def _until_eos(tokens: list[int], eos_ids: frozenset[int]) -> list[int]:
     return tokens
 
 
-def _logaddexp(a: float, b: float) -> float:
-    high, low = max(a, b), min(a, b)
-    return high + math.log1p(math.exp(low - high))
-
-
-def _as_auditor_error(exc: Exception) -> AuditorError:
-    if isinstance(exc, AuditorError):
-        return exc
-    error = AuditorError(f"{type(exc).__name__}: {exc}")
-    error.__cause__ = exc
-    return error
-
-
 def _control_token_pattern(tokenizer: Any) -> re.Pattern[str]:
     """Every added/special token the tokenizer would turn into an id, plus the generic shapes."""
     tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
     tokens |= set(tokenizer.get_added_vocab())
     return control_token_pattern(tokens)
-
-
-def _cut_user_text(rt: _Runtime, messages: list[dict[str, Any]], excess: int) -> bool:
-    """Remove at least ``excess`` tokens from the middle of the longest user text part.
-
-    Returns False when no user text is left to cut.
-    """
-    parts = [
-        item
-        for message in messages
-        if message["role"] == "user"
-        for item in message["content"]
-        if item["type"] == "text" and item["text"] != _TRUNCATION_MARK
-    ]
-    if not parts:
-        return False
-    ids_of = {
-        id(item): rt.tokenizer(item["text"], add_special_tokens=False)["input_ids"]
-        for item in parts
-    }
-    longest = max(parts, key=lambda item: len(ids_of[id(item)]))
-    ids = ids_of[id(longest)]
-    mark = len(rt.tokenizer(_TRUNCATION_MARK, add_special_tokens=False)["input_ids"])
-    # A couple of spare tokens absorb merges that re-tokenising the joined text may undo.
-    keep = len(ids) - excess - mark - 2
-    if keep <= 0:
-        longest["text"] = _TRUNCATION_MARK
-        return True
-    head, tail = ids[: (keep + 1) // 2], ids[len(ids) - keep // 2 :]
-    longest["text"] = (
-        rt.tokenizer.decode(head) + _TRUNCATION_MARK + (rt.tokenizer.decode(tail) if tail else "")
-    )
-    return True
