@@ -1,31 +1,9 @@
-"""The HoliSafe guard head (SafeQwen2.5-VL-7B, SafeGem-12B): a 20-way image safety classifier.
+"""The HoliSafe guard head (SafeQwen2.5-VL-7B, SafeGem-12B) as an auditor: a 20-way image safety
+classifier graded into verdicts.
 
-These checkpoints are full vision-language models with a small "visual guard module" on top:
-the language model's last hidden states are mean-pooled over the image-token positions and fed
-to an MLP (hidden width = half the model's, GELU) whose 20 logits go through a softmax. Index 0
-is ``safe``; the labels are ``config.safety_categories``. One prefill pass classifies an image;
-nothing needs decoding.
-
-Two ways to run it:
-
-- **native** (default, no code from the checkpoint runs): the base model is loaded with the stock
-  transformers class (``Qwen2_5_VLForConditionalGeneration`` or
-  ``Gemma3ForConditionalGeneration``, picked from ``config.json``), and the head is rebuilt from
-  the checkpoint's safetensors. Expected weight names (any prefix before them is accepted, e.g.
-  ``model.``)::
-
-      img_safety_head.mlp.0.weight   [hidden/2, hidden]     first Linear
-      img_safety_head.mlp.0.bias     [hidden/2]
-      img_safety_head.mlp.3.weight   [n_classes, hidden/2]  output Linear (GELU, Dropout between)
-      img_safety_head.mlp.3.bias     [n_classes]
-
-  (more hidden layers continue at indices 3, 6, …; the last Linear is the output). A checkpoint
-  without them fails with a :class:`~traceguard.ConfigurationError` naming what is missing.
-- **remote code** (``remote_code=True``): the checkpoint's own classes, called with
-  ``do_safety=True``. Two fixes make the published code load on current transformers: the
-  removed ``AutoModelForVision2Seq`` is aliased to ``AutoModelForImageTextToText``, and
-  ``hidden_size`` (and the other text dimensions the code reads at top level) are copied up from
-  ``text_config``.
+The checkpoint is loaded and run by :class:`~traceguard.backends.holisafe_head.HoliSafeHead`
+(native head or the checkpoint's remote code; see there). Index 0 of the head is ``safe``; the
+labels are ``config.safety_categories``.
 
 Verdict: unsafe score = 1 − P(safe); risk 1 at or above ``unsafe_threshold``, 0.5 at or above
 ``potential_threshold``, else 0; the category is the arg-max of the 19 unsafe classes, mapped
@@ -36,11 +14,6 @@ through :mod:`traceguard.taxonomy`. ``details["probabilities"]`` holds all 20 pr
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import json
-import re
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +27,15 @@ from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, Verdict
 from traceguard.auditors._combine import combine_verdicts
 from traceguard.auditors._image_batch import load_images, regroup
-from traceguard.taxonomy import HOLISAFE_CATEGORIES, OTHER_RISKS, from_holisafe, holisafe_key
+from traceguard.backends._torch_runtime import as_auditor_error
+from traceguard.backends.holisafe_head import (
+    DEFAULT_PROMPT,
+    HEAD_WEIGHT_PATTERN,
+    HoliSafeHead,
+    SafetyScores,
+    fix_remote_config,
+)
+from traceguard.taxonomy import OTHER_RISKS, from_holisafe
 
 __all__ = [
     "HEAD_WEIGHT_PATTERN",
@@ -64,40 +45,6 @@ __all__ = [
     "fix_remote_config",
     "scores_to_verdict",
 ]
-
-HEAD_WEIGHT_PATTERN = re.compile(r"(?:^|\.)img_safety_head\.mlp\.(\d+)\.(weight|bias)$")
-"""Names of the guard head's weights in a HoliSafe checkpoint (group 1: module index)."""
-
-_FAMILIES = {
-    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-    "gemma3": "Gemma3ForConditionalGeneration",
-}
-_CONFIGS = {"qwen2_5_vl": "Qwen2_5_VLConfig", "gemma3": "Gemma3Config"}
-_TEXT_KEYS = ("hidden_size", "vocab_size", "num_hidden_layers", "num_attention_heads")
-_DEFAULT_PROMPT = "Describe this image."
-
-
-@dataclass(frozen=True)
-class SafetyScores:
-    """The head's output for one input: a probability per class, in head order."""
-
-    labels: tuple[str, ...]
-    probabilities: tuple[float, ...]
-    safe_index: int
-
-    @property
-    def unsafe_score(self) -> float:
-        """1 − P(safe)."""
-        return 1.0 - self.probabilities[self.safe_index]
-
-    @property
-    def top_unsafe(self) -> tuple[str, float]:
-        """The likeliest class other than ``safe``, with its probability."""
-        index = max(
-            (i for i in range(len(self.labels)) if i != self.safe_index),
-            key=lambda i: self.probabilities[i],
-        )
-        return self.labels[index], self.probabilities[index]
 
 
 @dataclass(frozen=True)
@@ -138,43 +85,6 @@ def scores_to_verdict(
     )
 
 
-def fix_remote_config(config: Any) -> list[str]:
-    """Copy text dimensions the remote code reads at top level up from ``text_config``.
-
-    Newer transformers keep ``hidden_size`` & co. only under ``config.text_config``; the
-    published HoliSafe code reads ``config.hidden_size``. Returns the keys copied.
-    """
-    text = getattr(config, "text_config", None)
-    copied = []
-    for key in _TEXT_KEYS:
-        value = getattr(text, key, None) if text is not None else None
-        if value is not None and getattr(config, key, None) is None:
-            setattr(config, key, value)
-            copied.append(key)
-    return copied
-
-
-def _alias_vision2seq(transformers: Any) -> None:
-    # transformers >= 5.4 removed AutoModelForVision2Seq; the published code still imports it.
-    if not hasattr(transformers, "AutoModelForVision2Seq"):
-        transformers.AutoModelForVision2Seq = transformers.AutoModelForImageTextToText
-
-
-@dataclass
-class _Runtime:
-    torch: Any
-    model: Any
-    processor: Any
-    chat_template: str
-    head: Any | None  # None: the remote code computes the probabilities itself
-    labels: tuple[str, ...]
-    safe_index: int
-    image_token_ids: tuple[int, ...]
-    family: str
-    eos_ids: list[int]
-    pad_id: int
-
-
 class HoliSafeAuditor(Auditor):
     """Classifies every image of a trace with a HoliSafe guard head; no decoding needed.
 
@@ -207,7 +117,7 @@ class HoliSafeAuditor(Auditor):
         processor: str | Path | None = None,
         unsafe_threshold: float = 0.5,
         potential_threshold: float = 0.2,
-        prompt: str = _DEFAULT_PROMPT,
+        prompt: str = DEFAULT_PROMPT,
         device: str = "cpu",
         dtype: str = "auto",
         min_pixels: int | None = None,
@@ -221,33 +131,76 @@ class HoliSafeAuditor(Auditor):
             raise ConfigurationError(
                 "thresholds must satisfy 0 < potential_threshold <= unsafe_threshold <= 1"
             )
-        if base not in ("auto", *_FAMILIES):
-            raise ConfigurationError(f"unknown base {base!r}")
         if no_image not in ("safe", "invalid_input"):
             raise ConfigurationError(f"no_image must be 'safe' or 'invalid_input': {no_image!r}")
-        if batch_size < 1:
-            raise ConfigurationError("batch_size must be at least 1")
-        if dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigurationError(f"unknown dtype {dtype!r}")
+        self.head = HoliSafeHead(
+            model,
+            remote_code=remote_code,
+            base=base,
+            processor=processor,
+            prompt=prompt,
+            device=device,
+            dtype=dtype,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            batch_size=batch_size,
+        )
+        """The checkpoint, loaded on first use."""
         self.model_path = str(model)
-        self.remote_code = remote_code
-        self.base = base
-        self.processor_path = str(processor) if processor is not None else None
         self.unsafe_threshold = unsafe_threshold
         self.potential_threshold = potential_threshold
-        self.prompt = prompt
-        self.device = device
-        self.dtype = dtype
-        self.min_pixels = min_pixels
-        self.max_pixels = max_pixels
-        self.batch_size = batch_size
         self.image_access = image_access if image_access is not None else ImageAccess()
         self.no_image = no_image
         local = Path(model)
         label = local.name if local.exists() else str(model)
         self.name = name if name is not None else f"holisafe:{label}"
-        self._lock = threading.RLock()
-        self._runtime: _Runtime | None = None
+
+    # -- the checkpoint's options, read from the head ------------------------------------------
+
+    @property
+    def remote_code(self) -> bool:
+        """``head.remote_code``."""
+        return self.head.remote_code
+
+    @property
+    def base(self) -> str:
+        """``head.base``."""
+        return self.head.base
+
+    @property
+    def processor_path(self) -> str | None:
+        """``head.processor_path``."""
+        return self.head.processor_path
+
+    @property
+    def prompt(self) -> str:
+        """``head.prompt``."""
+        return self.head.prompt
+
+    @property
+    def device(self) -> str:
+        """``head.device``."""
+        return self.head.device
+
+    @property
+    def dtype(self) -> str:
+        """``head.dtype``."""
+        return self.head.dtype
+
+    @property
+    def min_pixels(self) -> int | None:
+        """``head.min_pixels``."""
+        return self.head.min_pixels
+
+    @property
+    def max_pixels(self) -> int | None:
+        """``head.max_pixels``."""
+        return self.head.max_pixels
+
+    @property
+    def batch_size(self) -> int:
+        """``head.batch_size``."""
+        return self.head.batch_size
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -257,185 +210,20 @@ class HoliSafeAuditor(Auditor):
         Raises:
             ConfigurationError: the checkpoint cannot be loaded, or its head is missing.
         """
-        self._ensure_loaded()
+        self.head.load()
 
     @property
     def labels(self) -> tuple[str, ...]:
         """The head's class labels, in order (loads the model if needed)."""
-        return self._ensure_loaded().labels
+        return self.head.labels
 
     def close(self) -> None:
         """Drop the model; the next call loads it again."""
-        with self._lock:
-            self._runtime = None
-
-    def _ensure_loaded(self) -> _Runtime:
-        with self._lock:
-            if self._runtime is None:
-                self._runtime = self._load()
-            return self._runtime
-
-    def _load(self) -> _Runtime:
-        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ConfigurationError(
-                f"HoliSafeAuditor needs {' and '.join(missing)}: pip install 'traceguard-vl[local]'"
-            )
-        import torch
-
-        transformers: Any = importlib.import_module("transformers")
-        folder = _resolve_folder(self.model_path)
-        raw = _read_json(folder / "config.json")
-        family = self.base if self.base != "auto" else _family_of(raw)
-        torch_dtype = self._torch_dtype(torch)
-        try:
-            if self.remote_code:
-                model = self._load_remote(transformers, folder, torch_dtype)
-                head = None
-            else:
-                config_cls = getattr(transformers, _CONFIGS[family])
-                config = config_cls.from_dict(raw)
-                model_cls = getattr(transformers, _FAMILIES[family])
-                model = model_cls.from_pretrained(folder, config=config, dtype=torch_dtype)
-                head = _load_head(torch, folder, _hidden_size(model.config))
-            model = model.to(self.device).eval()
-            processor, template = self._load_processor(folder)
-        except ConfigurationError:
-            raise
-        except Exception as exc:  # a missing file, a shape mismatch, no CUDA: cannot serve
-            raise ConfigurationError(f"cannot load {self.model_path!r}: {exc}") from exc
-        if head is not None:
-            head = head.to(device=model.device, dtype=torch_dtype)
-        n_classes = _n_classes(head, raw)
-        labels = _labels(raw, n_classes)
-        tokenizer = processor.tokenizer
-        tokenizer.padding_side = "left"
-        eos = getattr(model.generation_config, "eos_token_id", None)
-        eos_ids = sorted({eos} if isinstance(eos, int) else set(eos or ()))
-        if tokenizer.eos_token_id is not None:
-            eos_ids = sorted({*eos_ids, int(tokenizer.eos_token_id)})
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-        return _Runtime(
-            torch=torch,
-            model=model,
-            processor=processor,
-            chat_template=template,
-            head=head,
-            labels=labels,
-            safe_index=_safe_index(labels),
-            image_token_ids=_image_token_ids(model.config),
-            family=family,
-            eos_ids=eos_ids,
-            pad_id=int(pad),
-        )
-
-    def _load_remote(self, transformers: Any, folder: Path, torch_dtype: Any) -> Any:
-        _alias_vision2seq(transformers)
-        config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
-        fix_remote_config(config)
-        for loader in ("AutoModelForImageTextToText", "AutoModel"):
-            try:
-                return getattr(transformers, loader).from_pretrained(
-                    folder, config=config, dtype=torch_dtype, trust_remote_code=True
-                )
-            except ValueError:  # this auto class has no mapping for the checkpoint's config
-                continue
-        raise ConfigurationError(f"no auto class loads {self.model_path!r} with remote code")
-
-    def _load_processor(self, folder: Path) -> tuple[Any, str]:
-        from traceguard.backends._qwen_processor import load_processor
-
-        source = self.processor_path or str(folder)
-        return load_processor(
-            source,
-            trust_remote_code=False,
-            min_pixels=self.min_pixels,
-            max_pixels=self.max_pixels,
-        )
-
-    def _torch_dtype(self, torch: Any) -> Any:
-        if self.dtype != "auto":
-            return getattr(torch, self.dtype)
-        return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-
-    # -- classification -----------------------------------------------------------------------
+        self.head.close()
 
     def classify(self, images: Sequence[ImageRef]) -> list[SafetyScores | AuditorError]:
         """The head's probabilities for each image (loaded, bytes-backed refs), in order."""
-        with self._lock:
-            try:
-                rt = self._ensure_loaded()
-            except ConfigurationError as exc:
-                return [AuditorError(str(exc)) for _ in images]
-            results: list[SafetyScores | AuditorError] = []
-            for start in range(0, len(images), self.batch_size):
-                chunk = list(images[start : start + self.batch_size])
-                try:
-                    results.extend(self._classify_batch(rt, chunk))
-                except Exception as exc:
-                    results.extend(_as_error(exc) for _ in chunk)
-            return results
-
-    def _classify_batch(self, rt: _Runtime, images: list[ImageRef]) -> list[SafetyScores]:
-        messages = [self._messages([image], self.prompt) for image in images]
-        inputs = self._encode(rt, messages, [[image] for image in images])
-        with rt.torch.inference_mode():
-            if rt.head is None:
-                output = rt.model(**inputs, do_safety=True)
-                probs = output.img_safety_probs
-                if probs is None:
-                    raise AuditorError("the remote code returned no img_safety_probs")
-            else:
-                output = rt.model(**inputs, output_hidden_states=True, use_cache=False)
-                probs = self._head_probs(rt, output.hidden_states[-1], inputs["input_ids"])
-        return [self._scores(rt, row) for row in probs.float().tolist()]
-
-    def _head_probs(self, rt: _Runtime, hidden: Any, input_ids: Any) -> Any:
-        torch = rt.torch
-        ids = torch.tensor(rt.image_token_ids, device=input_ids.device)
-        mask = torch.isin(input_ids, ids)
-        if not bool(mask.any(dim=1).all()):
-            raise AuditorError("an input has no image tokens to pool")
-        assert rt.head is not None  # native mode only
-        weights = mask.to(hidden.dtype).unsqueeze(-1)
-        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
-        return torch.softmax(rt.head(pooled).float(), dim=-1)
-
-    def _scores(self, rt: _Runtime, row: list[float]) -> SafetyScores:
-        if len(row) != len(rt.labels):
-            raise AuditorError(f"head gave {len(row)} probabilities for {len(rt.labels)} labels")
-        return SafetyScores(labels=rt.labels, probabilities=tuple(row), safe_index=rt.safe_index)
-
-    def _messages(self, images: Sequence[ImageRef], text: str) -> list[dict[str, Any]]:
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in images]
-        content.append({"type": "text", "text": text})
-        return [{"role": "user", "content": content}]
-
-    def _encode(
-        self, rt: _Runtime, conversations: list[list[dict[str, Any]]], images: list[list[ImageRef]]
-    ) -> Any:
-        texts = [
-            rt.processor.tokenizer.apply_chat_template(
-                conversation,
-                chat_template=rt.chat_template,
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-            for conversation in conversations
-        ]
-        pil = [[ref.to_pil().convert("RGB") for ref in row] for row in images]
-        if rt.family == "qwen2_5_vl":
-            from traceguard.backends._qwen_vision import prepare_images
-
-            pil = [
-                prepare_images(row, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
-                for row in pil
-            ]
-        # Gemma-3's processor wants the images grouped per prompt; Qwen's takes one flat list.
-        grouped: Any = pil if rt.family == "gemma3" else [image for row in pil for image in row]
-        inputs = rt.processor(text=texts, images=grouped, padding=True, return_tensors="pt")
-        inputs.pop("token_type_ids", None)
-        return inputs.to(rt.model.device)
+        return self.head.classify(images)
 
     # -- the auditor interface ----------------------------------------------------------------
 
@@ -519,17 +307,16 @@ class HoliSafeAuditor(Auditor):
             return HoliSafeResult(verdict=failed, response=None)
         if not loaded:
             return HoliSafeResult(verdict=self._no_image(), response=None)
-        with self._lock:
-            started = time.perf_counter()
-            try:
-                rt = self._ensure_loaded()
-                probs, response = self._generate(rt, query, loaded, max_new_tokens)
-                scores = self._scores(rt, probs)
-            except Exception as exc:
-                error = _as_error(exc)
-                failed = Verdict.failed(AuditStatus.AUDITOR_ERROR, auditor=self.name, error=error)
-                return HoliSafeResult(verdict=failed, response=None)
-            latency = (time.perf_counter() - started) * 1000.0
+        started = time.perf_counter()
+        try:
+            scores, response = self.head.classify_and_generate(
+                query, loaded, max_new_tokens=max_new_tokens
+            )
+        except Exception as exc:
+            error = as_auditor_error(exc)
+            failed = Verdict.failed(AuditStatus.AUDITOR_ERROR, auditor=self.name, error=error)
+            return HoliSafeResult(verdict=failed, response=None)
+        latency = (time.perf_counter() - started) * 1000.0
         verdict = scores_to_verdict(
             scores,
             auditor=self.name,
@@ -538,179 +325,3 @@ class HoliSafeAuditor(Auditor):
             latency_ms=latency,
         )
         return HoliSafeResult(verdict=verdict, response=response)
-
-    def _generate(
-        self, rt: _Runtime, query: str, images: list[ImageRef], max_new_tokens: int
-    ) -> tuple[list[float], str]:
-        inputs = self._encode(rt, [self._messages(images, query)], [images])
-        prompt_len = int(inputs["input_ids"].shape[1])
-        options: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": False,
-            "pad_token_id": rt.pad_id,
-            "eos_token_id": rt.eos_ids or None,
-        }
-        with rt.torch.inference_mode():
-            if rt.head is None:
-                probs = rt.model(**inputs, do_safety=True).img_safety_probs
-                sequences = rt.model.generate(**inputs, do_safety=False, **options)
-            else:
-                out = rt.model.generate(
-                    **inputs, output_hidden_states=True, return_dict_in_generate=True, **options
-                )
-                # Step 0 of the generation is the prefill over the whole prompt.
-                prefill_last = out.hidden_states[0][-1]
-                probs = self._head_probs(rt, prefill_last, inputs["input_ids"])
-                sequences = out.sequences
-        new_tokens = [t for t in sequences[0, prompt_len:].tolist() if t not in rt.eos_ids]
-        text = rt.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        return [float(p) for p in probs[0].float().tolist()], str(text)
-
-
-# -- checkpoint reading ---------------------------------------------------------------------------
-
-
-def _resolve_folder(model: str) -> Path:
-    local = Path(model)
-    if local.is_dir():
-        return local
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(model))
-    except Exception as exc:
-        raise ConfigurationError(f"cannot find checkpoint {model!r}: {exc}") from exc
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"cannot read {str(path)!r}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"{str(path)!r} is not a JSON object")
-    return data
-
-
-def _family_of(config: dict[str, Any]) -> str:
-    names = [str(config.get("model_type", ""))] + [str(a) for a in config.get("architectures", [])]
-    text = " ".join(names).lower()
-    if "qwen2_5_vl" in text or "qwen2.5" in text or "safeqwen" in text:
-        return "qwen2_5_vl"
-    if "gemma3" in text or "safegem" in text:
-        return "gemma3"
-    raise ConfigurationError(
-        f"cannot tell the base architecture from model_type/architectures {names}; "
-        "pass base='qwen2_5_vl' or base='gemma3'"
-    )
-
-
-def _hidden_size(config: Any) -> int:
-    text = getattr(config, "text_config", None)
-    size = getattr(text, "hidden_size", None) or getattr(config, "hidden_size", None)
-    if not size:
-        raise ConfigurationError("the model config has no hidden_size")
-    return int(size)
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map", {})
-        names = {file for key, file in weight_map.items() if HEAD_WEIGHT_PATTERN.search(str(key))}
-        return [folder / name for name in sorted(names)]
-    return sorted(folder.glob("*.safetensors"))
-
-
-def _load_head(torch: Any, folder: Path, hidden_size: int) -> Any:
-    """Rebuild the guard head MLP from the checkpoint's safetensors."""
-    from safetensors import safe_open
-
-    found: dict[int, dict[str, Any]] = {}
-    for file in _weight_files(folder):
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
-                match = HEAD_WEIGHT_PATTERN.search(key)
-                if match:
-                    found.setdefault(int(match.group(1)), {})[match.group(2)] = handle.get_tensor(
-                        key
-                    )
-    if not found:
-        raise ConfigurationError(
-            f"{str(folder)!r} has no guard head weights: expected img_safety_head.mlp.0.weight, "
-            "img_safety_head.mlp.0.bias, …, img_safety_head.mlp.<last>.weight/bias in its "
-            "safetensors. Is this a HoliSafe (SafeQwen2.5-VL / SafeGem) checkpoint?"
-        )
-    layers: list[Any] = []
-    width = hidden_size
-    indices = sorted(found)
-    for position, index in enumerate(indices):
-        params = found[index]
-        if "weight" not in params or "bias" not in params:
-            missing = "weight" if "weight" not in params else "bias"
-            raise ConfigurationError(
-                f"guard head weight img_safety_head.mlp.{index}.{missing} is missing"
-            )
-        weight, bias = params["weight"], params["bias"]
-        if weight.ndim != 2 or weight.shape[1] != width or bias.shape != (weight.shape[0],):
-            raise ConfigurationError(
-                f"guard head layer {index} has shape {tuple(weight.shape)}, expected [*, {width}]"
-            )
-        linear = torch.nn.Linear(width, weight.shape[0])
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            linear.bias.copy_(bias)
-        layers.append(linear)
-        if position < len(indices) - 1:
-            layers.append(torch.nn.GELU())
-        width = weight.shape[0]
-    return torch.nn.Sequential(*layers).eval()
-
-
-def _n_classes(head: Any | None, config: dict[str, Any]) -> int:
-    if head is not None:
-        return int(head[-1].out_features)
-    declared = config.get("num_safety_categories") or len(config.get("safety_categories") or ())
-    return int(declared or len(HOLISAFE_CATEGORIES))
-
-
-def _labels(config: dict[str, Any], n_classes: int) -> tuple[str, ...]:
-    labels = config.get("safety_categories")
-    if labels is None:
-        if n_classes != len(HOLISAFE_CATEGORIES):
-            raise ConfigurationError(
-                f"config.json has no safety_categories and the head has {n_classes} outputs"
-            )
-        return HOLISAFE_CATEGORIES
-    if not isinstance(labels, list) or len(labels) != n_classes:
-        raise ConfigurationError(
-            f"config.safety_categories names {len(labels) if isinstance(labels, list) else '?'} "
-            f"classes, the head has {n_classes}"
-        )
-    return tuple(str(label) for label in labels)
-
-
-def _safe_index(labels: tuple[str, ...]) -> int:
-    for index, label in enumerate(labels):
-        if holisafe_key(label) == "safe":
-            return index
-    raise ConfigurationError(f"no 'safe' class among the safety categories {labels}")
-
-
-def _image_token_ids(config: Any) -> tuple[int, ...]:
-    ids = []
-    for key in ("image_token_id", "image_token_index", "video_token_id"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            ids.append(value)
-    if not ids:
-        raise ConfigurationError("the model config names no image token id")
-    return tuple(dict.fromkeys(ids))
-
-
-def _as_error(exc: Exception) -> AuditorError:
-    if isinstance(exc, AuditorError):
-        return exc
-    if isinstance(exc, ConfigurationError):
-        return AuditorError(str(exc))
-    return AuditorError(f"{type(exc).__name__}: {exc}")
