@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -391,3 +392,41 @@ def test_delivery_is_claimed_once(tmp_path: Path) -> None:
     assert store.get(eid).delivered_to == "b"
     other.close()
     store.close()
+
+
+def test_counts_from_tallies_match_the_rows(listed: EscalationStore) -> None:
+    items = listed.page(limit=100).items
+    listed.resolve(items[0].escalation_id, "approved", reviewer="ana")
+    listed.resolve(items[1].escalation_id, "rejected", reviewer="ana")
+    filters = [
+        EscalationFilter(),
+        EscalationFilter(integration="openai"),
+        EscalationFilter(risk="failed"),
+        EscalationFilter(risk="potentially_harmful", auditor="guardtrace-test"),
+        EscalationFilter(category="fraud"),
+        EscalationFilter(category="violence", state="approved"),
+    ]
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)
+    for step in range(2):
+        for where in filters:
+            expected = {"pending": 0, "approved": 0, "rejected": 0}
+            for item in listed.items(dataclasses.replace(where, state="all")):
+                expected[item.state] += 1
+            assert listed.counts(where) == expected, where
+            page = listed.page(where)
+            assert page.exact
+            assert page.total == sum(
+                n for state, n in expected.items() if where.state in ("all", state)
+            )
+        if step == 0:
+            assert listed.purge("1d", now=later) == 2  # the tallies follow deletions too
+
+
+def test_counts_that_need_a_scan_stop_at_the_cap(listed: EscalationStore) -> None:
+    listed.count_cap = 5
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    where = EscalationFilter(since=today, integration="openai")
+    page = listed.page(where)
+    assert not page.exact and page.total == 6  # "more than 5"
+    assert listed.counts(where)["pending"] == 6
+    assert listed.page(EscalationFilter(since=today, until="2000-01-01")).exact

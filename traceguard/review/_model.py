@@ -280,7 +280,10 @@ class Page:
 
     items: list[Escalation]
     total: int
-    """How many items match the filter (all pages)."""
+    """How many items match the filter (all pages); see ``exact``."""
+    exact: bool = True
+    """False when counting stopped early (a category, date or thread filter matching more than
+    the store's ``count_cap`` items): ``total`` is then a lower bound."""
     older: int | None = None
     """Pass as ``before`` for the next (older) page; None on the last page."""
     newer: int | None = None

@@ -3,7 +3,10 @@
 Version 1 is the queue as first released (``traceguard._review``): one ``escalations`` table with
 hashes, the reason and the verdict. Version 2 adds what a reviewer needs (the audited text, the
 images as re-encoded thumbnails, where the trace came from), the public ``escalation_id``, the
-columns and indexes the review app filters on, and delivery marks for resumers.
+columns and indexes the review app filters on, and delivery marks for resumers. Version 3 adds
+``tallies`` (item counts by state, source, risk level and auditor) and ``category_tallies`` (by
+category and state), kept by triggers, so the app's counts cost a handful of rows however long
+the queue.
 
 A fresh file is built by running version 1's schema and then every migration, so the migration
 path is the one path, exercised on every new queue. Migrations run inside ``BEGIN IMMEDIATE``
@@ -17,7 +20,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "connect", "migrate"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS escalations (
@@ -121,6 +124,76 @@ INSERT OR IGNORE INTO facets (kind, value)
     SELECT DISTINCT 'category', category FROM escalation_categories;
 """
 
+_V3 = """
+CREATE TABLE IF NOT EXISTS tallies (
+    state        TEXT NOT NULL,
+    integration  TEXT NOT NULL,
+    risk         TEXT NOT NULL,
+    auditor      TEXT NOT NULL,
+    n            INTEGER NOT NULL,
+    PRIMARY KEY (state, integration, risk, auditor)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS escalations_by_created_state ON escalations (created_at, resolution);
+DROP INDEX IF EXISTS escalations_by_created;
+DELETE FROM tallies;
+INSERT INTO tallies (state, integration, risk, auditor, n)
+    SELECT coalesce(resolution, 'pending'), coalesce(integration, ''), coalesce(label, 'failed'),
+           coalesce(auditor, ''), count(*)
+    FROM escalations GROUP BY 1, 2, 3, 4;
+CREATE TRIGGER IF NOT EXISTS tally_insert AFTER INSERT ON escalations BEGIN
+    INSERT INTO tallies (state, integration, risk, auditor, n)
+    VALUES (coalesce(NEW.resolution, 'pending'), coalesce(NEW.integration, ''),
+            coalesce(NEW.label, 'failed'), coalesce(NEW.auditor, ''), 1)
+    ON CONFLICT (state, integration, risk, auditor) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS tally_delete AFTER DELETE ON escalations BEGIN
+    UPDATE tallies SET n = n - 1
+    WHERE state = coalesce(OLD.resolution, 'pending')
+      AND integration = coalesce(OLD.integration, '')
+      AND risk = coalesce(OLD.label, 'failed') AND auditor = coalesce(OLD.auditor, '');
+END;
+CREATE TRIGGER IF NOT EXISTS tally_update
+AFTER UPDATE OF resolution, integration, label, auditor ON escalations BEGIN
+    UPDATE tallies SET n = n - 1
+    WHERE state = coalesce(OLD.resolution, 'pending')
+      AND integration = coalesce(OLD.integration, '')
+      AND risk = coalesce(OLD.label, 'failed') AND auditor = coalesce(OLD.auditor, '');
+    INSERT INTO tallies (state, integration, risk, auditor, n)
+    VALUES (coalesce(NEW.resolution, 'pending'), coalesce(NEW.integration, ''),
+            coalesce(NEW.label, 'failed'), coalesce(NEW.auditor, ''), 1)
+    ON CONFLICT (state, integration, risk, auditor) DO UPDATE SET n = n + 1;
+    UPDATE category_tallies SET n = n - 1
+    WHERE state = coalesce(OLD.resolution, 'pending')
+      AND category IN (SELECT category FROM escalation_categories WHERE escalation = OLD.id);
+    INSERT INTO category_tallies (category, state, n)
+    SELECT category, coalesce(NEW.resolution, 'pending'), 1 FROM escalation_categories
+    WHERE escalation = NEW.id
+    ON CONFLICT (category, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TABLE IF NOT EXISTS category_tallies (
+    category  TEXT NOT NULL,
+    state     TEXT NOT NULL,
+    n         INTEGER NOT NULL,
+    PRIMARY KEY (category, state)
+) WITHOUT ROWID;
+DELETE FROM category_tallies;
+INSERT INTO category_tallies (category, state, n)
+    SELECT c.category, coalesce(e.resolution, 'pending'), count(*)
+    FROM escalation_categories AS c JOIN escalations AS e ON e.id = c.escalation
+    GROUP BY 1, 2;
+CREATE TRIGGER IF NOT EXISTS category_tally_insert AFTER INSERT ON escalation_categories BEGIN
+    INSERT INTO category_tallies (category, state, n)
+    SELECT NEW.category, coalesce(resolution, 'pending'), 1 FROM escalations
+    WHERE id = NEW.escalation
+    ON CONFLICT (category, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS category_tally_delete AFTER DELETE ON escalation_categories BEGIN
+    UPDATE category_tallies SET n = n - 1
+    WHERE category = OLD.category AND state = coalesce(
+        (SELECT resolution FROM escalations WHERE id = OLD.escalation), 'pending');
+END;
+"""
+
 
 def connect(path: str, *, timeout: float) -> sqlite3.Connection:
     """An autocommit connection in WAL mode, usable from any thread (callers serialise use)."""
@@ -176,6 +249,9 @@ def migrate(conn: sqlite3.Connection) -> int:
                     conn.execute(f"ALTER TABLE escalations ADD COLUMN {column}")
             for statement in _statements(_V2_TABLES) + _statements(_V2_BACKFILL):
                 conn.execute(statement)
+        if found < 3:
+            for statement in _triggered_statements(_V3):
+                conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -187,3 +263,20 @@ def migrate(conn: sqlite3.Connection) -> int:
 def _statements(script: str) -> list[str]:
     # executescript() would commit the open transaction first; run the statements one by one.
     return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def _triggered_statements(script: str) -> list[str]:
+    """Like :func:`_statements`, but a ``CREATE TRIGGER … END`` stays one statement."""
+    out: list[str] = []
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        text = pending.strip()
+        if not text or text == ";":
+            pending = ""
+            continue
+        if text.upper().startswith("CREATE TRIGGER") and not text.upper().endswith("END;"):
+            continue
+        out.append(text.rstrip(";"))
+        pending = ""
+    return out

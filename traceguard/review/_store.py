@@ -9,6 +9,7 @@ not wait for another's query (the review queue's writer and its readers use two)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -35,11 +36,12 @@ from traceguard.review._model import (
 )
 from traceguard.review._schema import connect, migrate
 
-__all__ = ["EscalationStore", "MAX_NOTE_CHARS", "MAX_REVIEWER_CHARS"]
+__all__ = ["COUNT_CAP", "EscalationStore", "MAX_NOTE_CHARS", "MAX_REVIEWER_CHARS"]
 
 logger = logging.getLogger("traceguard.review")
 
 MAX_NOTE_CHARS = 5_000
+COUNT_CAP = 1_000
 MAX_REVIEWER_CHARS = 200
 
 _SUMMARY_COLUMNS = (
@@ -114,11 +116,13 @@ _INSERT_SQL = (
     f"VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)})"
 )
 
+# On ``resolution`` alone (NULL while pending), so that the (resolution, id) and
+# (created_at, resolution) indexes answer state filters without reading rows.
 _STATE_SQL = {
-    "pending": "status = 'pending'",
+    "pending": "resolution IS NULL",
     "approved": "resolution = 'approved'",
     "rejected": "resolution = 'rejected'",
-    "resolved": "status = 'resolved'",
+    "resolved": "resolution IS NOT NULL",
     "all": "",
 }
 
@@ -153,6 +157,8 @@ class EscalationStore:
             conn.close()
             raise ConfigurationError(f"cannot open review queue {self.path}: {exc}") from None
         self._conn: sqlite3.Connection | None = conn
+        self.count_cap = COUNT_CAP
+        """Counts that need a scan (category, date, thread filters) stop past this many."""
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -456,7 +462,7 @@ class EscalationStore:
         where = where or EscalationFilter()
         limit = max(1, min(limit, 500))
         conditions, params = _conditions(where)
-        total = self._count(conditions, params)
+        total, exact = self._total(where, conditions, params)
         if after is not None:
             sql, extra, order = "id > ?", [after], "ASC"
         elif before is not None:
@@ -464,19 +470,25 @@ class EscalationStore:
         else:
             sql, extra, order = "", [], "DESC"
         clauses = [*conditions, sql] if sql else conditions
-        query = f"SELECT {_SUMMARY_SQL} FROM escalations"
+        # Row ids first (from an index, small to sort), then the rows of this page only.
+        query = "SELECT id FROM escalations"
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         query += f" ORDER BY id {order} LIMIT ?"
         with self._lock:
-            rows = self._db().execute(query, [*params, *extra, limit + 1]).fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
+            conn = self._db()
+            ids = [row[0] for row in conn.execute(query, [*params, *extra, limit + 1])]
+            marks = ", ".join("?" for _ in ids[:limit])
+            rows = conn.execute(
+                f"SELECT {_SUMMARY_SQL} FROM escalations WHERE id IN ({marks}) ORDER BY id {order}",
+                ids[:limit],
+            ).fetchall()
+        more = len(ids) > limit
         if order == "ASC":
             rows.reverse()
         items = [_escalation(row) for row in rows]
         if not items:
-            return Page(items=[], total=total)
+            return Page(items=[], total=total, exact=exact)
         at_start = before is None and after is None
         newer = None if at_start or (after is not None and not more) else items[0].id
         older = items[-1].id if (more or after is not None) else None
@@ -486,7 +498,7 @@ class EscalationStore:
             and not self._exists_before(conditions, params, items[-1].id)
         ):
             older = None
-        return Page(items=items, total=total, older=older, newer=newer)
+        return Page(items=items, total=total, exact=exact, older=older, newer=newer)
 
     def neighbours(
         self, item_id: int, where: EscalationFilter | None = None
@@ -537,17 +549,55 @@ class EscalationStore:
 
     def counts(self, where: EscalationFilter | None = None) -> dict[str, int]:
         """How many items are pending, approved and rejected (under ``where``'s other filters;
-        its ``state`` is ignored)."""
-        conditions, params = _conditions(where or EscalationFilter(), with_state=False)
-        sql = "SELECT coalesce(resolution, 'pending'), count(*) FROM escalations"
+        its ``state`` is ignored).
+
+        Exact and constant-time for filters on risk, source and auditor (kept in a tally table
+        by triggers). With a category, date or thread filter each state is counted up to
+        ``count_cap`` rows: a larger count reads ``count_cap + 1`` ("more than").
+        """
+        where = where or EscalationFilter()
+        counts = {"pending": 0, "approved": 0, "rejected": 0}
+        tally = _tally_conditions(where, with_state=False)
+        if tally is not None:
+            table, conditions, params = tally
+            sql = f"SELECT state, sum(n) FROM {table}"
+            if conditions:
+                sql += " WHERE " + " AND ".join(conditions)
+            with self._lock:
+                rows = self._db().execute(sql + " GROUP BY state", params).fetchall()
+            counts.update({str(state): int(n) for state, n in rows})
+            return counts
+        for state in counts:
+            narrowed = dataclasses.replace(where, state=state)  # type: ignore[arg-type]
+            conditions, params = _conditions(narrowed)
+            counts[state] = self._capped_count(conditions, params)
+        return counts
+
+    def _total(
+        self, where: EscalationFilter, conditions: list[str], params: list[Any]
+    ) -> tuple[int, bool]:
+        tally = _tally_conditions(where, with_state=True)
+        if tally is None:
+            total = self._capped_count(conditions, params)
+            return total, total <= self.count_cap
+        table, tally_conditions, tally_params = tally
+        sql = f"SELECT coalesce(sum(n), 0) FROM {table}"
+        if tally_conditions:
+            sql += " WHERE " + " AND ".join(tally_conditions)
+        with self._lock:
+            return int(self._db().execute(sql, tally_params).fetchone()[0]), True
+
+    def _capped_count(self, conditions: list[str], params: list[Any]) -> int:
+        sql = "SELECT 1 FROM escalations"
         if conditions:
             sql += " WHERE " + " AND ".join(conditions)
-        sql += " GROUP BY coalesce(resolution, 'pending')"
         with self._lock:
-            rows = self._db().execute(sql, params).fetchall()
-        counts = {"pending": 0, "approved": 0, "rejected": 0}
-        counts.update({str(key): int(n) for key, n in rows})
-        return counts
+            row = (
+                self._db()
+                .execute(f"SELECT count(*) FROM ({sql} LIMIT ?)", [*params, self.count_cap + 1])
+                .fetchone()
+            )
+        return int(row[0])
 
     def facets(self) -> dict[str, list[str]]:
         """The values seen for ``auditor``, ``category`` and ``integration`` (filter choices)."""
@@ -557,13 +607,6 @@ class EscalationStore:
             for kind, value in rows.fetchall():
                 out.setdefault(kind, []).append(value)
         return out
-
-    def _count(self, conditions: list[str], params: list[Any]) -> int:
-        sql = "SELECT count(*) FROM escalations"
-        if conditions:
-            sql += " WHERE " + " AND ".join(conditions)
-        with self._lock:
-            return int(self._db().execute(sql, params).fetchone()[0])
 
     def _exists_before(self, conditions: list[str], params: list[Any], item_id: int) -> bool:
         clauses = [*conditions, "id < ?"]
@@ -588,23 +631,73 @@ def _key(escalation_id: str | int) -> tuple[str, str | int]:
     return "escalation_id", str(escalation_id)
 
 
-def _conditions(where: EscalationFilter, *, with_state: bool = True) -> tuple[list[str], list[Any]]:
-    conditions: list[str] = []
+_TALLY_STATES = {
+    "pending": ("state = 'pending'", ()),
+    "approved": ("state = 'approved'", ()),
+    "rejected": ("state = 'rejected'", ()),
+    "resolved": ("state IN ('approved', 'rejected')", ()),
+}
+
+
+def _tally_conditions(
+    where: EscalationFilter, *, with_state: bool
+) -> tuple[str, list[str], list[Any]] | None:
+    """``where`` as ``(table, conditions, params)`` on a tally table, or None when it filters
+    on something no tally keeps (dates, thread; a category with other filters)."""
+    if where.since or where.until or where.thread_id:
+        return None
+    if where.category is not None:
+        if where.risk is not None or where.integration is not None or where.auditor is not None:
+            return None
+        conditions = ["category = ?"]
+        if with_state and where.state in _TALLY_STATES:
+            conditions.append(_TALLY_STATES[where.state][0])
+        return "category_tallies", conditions, [where.category]
+    conditions = []
     params: list[Any] = []
-    if with_state and _STATE_SQL[where.state]:
-        conditions.append(_STATE_SQL[where.state])
-    if where.risk == "failed":
-        conditions.append("audit_status IS NOT 'ok'")
-    elif where.risk is not None:
-        conditions.append("label = ?")
+    if with_state and where.state in _TALLY_STATES:
+        conditions.append(_TALLY_STATES[where.state][0])
+    if where.risk is not None:
+        conditions.append("risk = ?")
         params.append(where.risk)
-    for column in ("auditor", "integration", "thread_id"):
+    for column in ("integration", "auditor"):
         value = getattr(where, column)
         if value is not None:
             conditions.append(f"{column} = ?")
             params.append(value)
+    return "tallies", conditions, params
+
+
+def _conditions(where: EscalationFilter, *, with_state: bool = True) -> tuple[list[str], list[Any]]:
+    """``where`` as SQL conditions on ``escalations``.
+
+    With a date range, the other columns are written ``+column``, which keeps SQLite from using
+    their indexes: the range (on the ``created_at`` index) is what bounds the rows to visit, and a
+    state index would make a count walk every item of that state looking for the dates.
+    """
+    dated = where.since is not None or where.until is not None
+    mark = "+" if dated else ""
+    conditions: list[str] = []
+    params: list[Any] = []
+    if with_state and _STATE_SQL[where.state]:
+        conditions.append(mark + _STATE_SQL[where.state])
+    if where.risk == "failed":
+        conditions.append(f"{mark}audit_status IS NOT 'ok'")
+    elif where.risk is not None:
+        conditions.append(f"{mark}label = ?")
+        params.append(where.risk)
+    for column in ("auditor", "integration", "thread_id"):
+        value = getattr(where, column)
+        if value is not None:
+            conditions.append(f"{mark}{column} = ?")
+            params.append(value)
     if where.category is not None:
-        conditions.append("id IN (SELECT escalation FROM escalation_categories WHERE category = ?)")
+        # EXISTS (a primary-key probe per row) rather than IN (a temporary index of every item
+        # of the category): a page stops after its few matches.
+        conditions.append(
+            "EXISTS (SELECT 1 FROM escalation_categories AS c"
+            " WHERE c.category = ? AND c.escalation = escalations.id)"
+        )
         params.append(where.category)
     since, until = where.bounds()
     if since is not None:

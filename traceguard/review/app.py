@@ -400,7 +400,7 @@ def create_app(
             {
                 "identity": identity,
                 "page": result,
-                "counts": counts,
+                "count_labels": _count_labels(counts, db.count_cap),
                 "facets": facets,
                 "where": where,
                 "risks": RISK_FILTERS,
@@ -537,6 +537,14 @@ def create_app(
     app.add_middleware(_SecurityHeaders)
     app.state.store = db
     return app
+
+
+def _count_labels(counts: Mapping[str, int], cap: int) -> dict[str, str]:
+    """Tab labels: exact counts, or ``1,000+`` where counting stopped at the cap."""
+    labels = {state: f"{cap:,}+" if n > cap else f"{n:,}" for state, n in counts.items()}
+    total = sum(min(n, cap) for n in counts.values())
+    labels["all"] = f"{total:,}+" if any(n > cap for n in counts.values()) else f"{total:,}"
+    return labels
 
 
 def _client(request: Request) -> str:
