@@ -1,8 +1,10 @@
 """Where decisions are recorded: :class:`AuditRecord` and the :class:`Sink` implementations.
 
-A sink receives one :class:`AuditRecord` per checked trace. Records carry sizes, hashes and image
-identities (``Trace.summary()``), the decision and the verdict; never image bytes and never the
-audited text itself. Sinks are thread-safe. ``Guard`` isolates the caller from sink failures, and
+A sink receives one :class:`AuditRecord` per checked trace. A record's JSON (what the JSONL and
+webhook sinks write) carries sizes, hashes and image identities (``Trace.summary()``), the
+decision and the verdict; never image bytes and never the audited text itself. The one sink that
+keeps the text is the review queue (:mod:`traceguard.review`), because a reviewer must see what
+they judge; it reads it from ``AuditRecord.trace``. Sinks are thread-safe. ``Guard`` isolates the caller from sink failures, and
 runs sinks marked ``slow`` (the webhook) behind a :class:`BackgroundSink`.
 """
 
