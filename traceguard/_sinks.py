@@ -4,8 +4,9 @@ A sink receives one :class:`AuditRecord` per checked trace. A record's JSON (wha
 webhook sinks write) carries sizes, hashes and image identities (``Trace.summary()``), the
 decision and the verdict; never image bytes and never the audited text itself. The one sink that
 keeps the text is the review queue (:mod:`traceguard.review`), because a reviewer must see what
-they judge; it reads it from ``AuditRecord.trace``. Sinks are thread-safe. ``Guard`` isolates the caller from sink failures, and
-runs sinks marked ``slow`` (the webhook) behind a :class:`BackgroundSink`.
+they judge; it reads it from ``AuditRecord.trace``. Sinks are thread-safe. ``Guard`` isolates
+the caller from sink failures, and runs sinks marked ``slow`` (the webhook) behind a
+:class:`BackgroundSink`.
 """
 
 from __future__ import annotations
