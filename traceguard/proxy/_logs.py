@@ -4,8 +4,8 @@ One line per request from ``traceguard.proxy.access`` with the proxy's own field
 client name, endpoint, status, action, durations, byte counts); never a header value, a query
 string, a body or an output. Records from any other logger keep their format string and only
 the arguments that cannot hold text (numbers, booleans); a string argument shows as its length
-and an exception as its type. Library warnings may otherwise carry an auditor's error message,
-which can echo the audited output.
+and an exception as its type (uvicorn's start-up and shutdown lines are kept whole). Library
+warnings may otherwise carry an auditor's error message, which can echo the audited output.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class JsonFormatter(logging.Formatter):
         }
         fields = getattr(record, "fields", None)
         own = record.name == _OWN or record.name.startswith(_OWN + ".")
-        if own:
+        # uvicorn's own lines (bind address, worker pids) carry no request content: the access
+        # log, which would, is disabled.
+        if own or (record.name.startswith("uvicorn") and not record.exc_info):
             entry["msg"] = record.getMessage()
         else:
             entry["msg"] = str(record.msg)

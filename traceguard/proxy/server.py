@@ -12,11 +12,14 @@ the upstream request is closed and what was shown is audited and recorded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import tempfile
+import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -36,8 +39,10 @@ __all__ = ["serve"]
 
 _CONFIG_ENV = "TRACEGUARD_PROXY_CONFIG"
 _OVERRIDES_ENV = "TRACEGUARD_PROXY_OVERRIDES"
+_LOG_LEVEL_ENV = "TRACEGUARD_PROXY_LOG_LEVEL"
 
 _proxies: weakref.WeakSet[Proxy] = weakref.WeakSet()
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _DrainingServer(uvicorn.Server):
@@ -56,7 +61,7 @@ def _tracked(app: Starlette) -> Starlette:
 
 def _drain_on_signals() -> None:
     """Chain a drain step before the signal handlers uvicorn installed in this worker."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _SIGNALS:
         previous = signal.getsignal(sig)
 
         def handler(number: int, frame: FrameType | None, previous: Any = previous) -> None:
@@ -73,6 +78,7 @@ def worker_app() -> Starlette:
     set, since uvicorn starts workers from an import string (after installing its signal
     handlers, which the drain step is chained before)."""
     overrides = json.loads(os.environ.get(_OVERRIDES_ENV, "{}"))
+    configure_logging(os.environ.get(_LOG_LEVEL_ENV, "info"))
     app = _tracked(
         create_app(
             os.environ[_CONFIG_ENV],
@@ -120,6 +126,35 @@ def serve(
         upstream=upstream, host=host, port=port, workers=workers
     )
     configure_logging(spec.log_level)
+    with _signals_end_cleanly():
+        _run(guard_config, spec, path, upstream=upstream, host=host, port=port, workers=workers)
+
+
+@contextlib.contextmanager
+def _signals_end_cleanly() -> Iterator[None]:
+    """uvicorn re-raises the signal that stopped it once it has shut down gracefully; under
+    this no-op handler that ends ``serve`` normally (exit 0) instead of killing the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, lambda number, frame: None) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _run(
+    guard_config: GuardConfig,
+    spec: ServeSpec,
+    path: Path,
+    *,
+    upstream: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+) -> None:
     if spec.workers == 1:
         app = _tracked(
             create_app(guard_config, upstream=upstream, host=host, port=port, workers=workers)
@@ -135,6 +170,7 @@ def serve(
             {"upstream": upstream, "host": host, "port": port, "workers": workers}
         )
         os.environ[METRICS_DIR_ENV] = folder
+        os.environ[_LOG_LEVEL_ENV] = spec.log_level
         settings = _uvicorn_config(
             "traceguard.proxy.server:worker_app", spec, factory=True, workers=spec.workers
         )
