@@ -22,8 +22,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import httpx
-
 from traceguard._exceptions import Blocked
 from traceguard._streaming import StreamOptions, StreamState
 
@@ -40,6 +38,7 @@ from ._asgi import (
     send_response,
 )
 from ._errors import ProxyError, error_event
+from ._http_client import UpstreamError, UpstreamResponse, UpstreamTimeout
 from ._keys import Client
 from ._logs import access_log
 from ._outcome import decision_headers, held_error, settle_result
@@ -227,14 +226,14 @@ class _Exchange:
             )
             if not 200 <= response.status_code < 300:
                 await self._forward_error(response)
-            elif response.headers.get("content-type", "").startswith("text/event-stream"):
+            elif response.content_type.startswith("text/event-stream"):
                 await self._stream(response)
             else:
                 await self._json(response)
         finally:
             await response.aclose()
 
-    async def _forward_error(self, response: httpx.Response) -> None:
+    async def _forward_error(self, response: UpstreamResponse) -> None:
         payload = await _read_limited(response, self.proxy.spec.limits.max_response_bytes)
         self.cycle.status = response.status_code
         await send_response(
@@ -242,10 +241,10 @@ class _Exchange:
             response.status_code,
             payload,
             headers=client_headers(response, decoded=True),
-            content_type=response.headers.get("content-type", "application/json").encode(),
+            content_type=response.header(b"content-type") or b"application/json",
         )
 
-    async def _json(self, response: httpx.Response) -> None:
+    async def _json(self, response: UpstreamResponse) -> None:
         api = self.api
         payload = await _read_limited(response, self.proxy.spec.limits.max_response_bytes)
         try:
@@ -289,7 +288,7 @@ class _Exchange:
         configured = self.proxy.spec.block.refusal
         return configured or self.client.guard.policy.redaction.refusal_message
 
-    async def _stream(self, response: httpx.Response) -> None:
+    async def _stream(self, response: UpstreamResponse) -> None:
         spec = self.proxy.spec
         options = StreamOptions(
             mode=spec.stream.mode,
@@ -314,7 +313,7 @@ class _StreamShell:
     """Moves one stream's bytes and awaits its audits (rules in the relay)."""
 
     def __init__(
-        self, exchange: _Exchange, relay: StreamRelay, out: Sender, response: httpx.Response
+        self, exchange: _Exchange, relay: StreamRelay, out: Sender, response: UpstreamResponse
     ) -> None:
         self.exchange = exchange
         self.relay = relay
@@ -373,7 +372,7 @@ class _StreamShell:
             self.metrics.inc("traceguard_proxy_upstream_errors_total", kind="stream_error")
             await self.out.write(exc.frame, headers=self._decided())
             await self.out.end()
-        except (Unreadable, FrameTooLarge, BufferFull, httpx.HTTPError) as exc:
+        except (Unreadable, FrameTooLarge, BufferFull, UpstreamError) as exc:
             self._stopped("upstream_error")
             await self._partial("upstream_error")
             await self._fail(_upstream_problem(self.metrics, exc))
@@ -413,10 +412,10 @@ def _upstream_problem(metrics: Any, exc: Exception) -> ProxyError:
             "The upstream's answer is larger than the proxy holds for an audit "
             "(max_response_bytes).",
         )
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, UpstreamTimeout):
         metrics.inc("traceguard_proxy_upstream_errors_total", kind="timeout")
         return ProxyError("upstream_timeout", "The upstream stopped answering in time.")
-    if isinstance(exc, httpx.HTTPError):
+    if isinstance(exc, UpstreamError):
         metrics.inc("traceguard_proxy_upstream_errors_total", kind="broken")
         return ProxyError("upstream_unavailable", "The upstream connection broke.")
     metrics.inc("traceguard_proxy_upstream_errors_total", kind="unreadable")
@@ -426,7 +425,7 @@ def _upstream_problem(metrics: Any, exc: Exception) -> ProxyError:
     )
 
 
-async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+async def _read_limited(response: UpstreamResponse, limit: int) -> bytes:
     body = bytearray()
     try:
         async for piece in response.aiter_bytes():
@@ -437,9 +436,9 @@ async def _read_limited(response: httpx.Response, limit: int) -> bytes:
                     "The upstream's answer is larger than the proxy holds for an audit "
                     "(max_response_bytes).",
                 )
-    except httpx.TimeoutException:
+    except UpstreamTimeout:
         raise ProxyError("upstream_timeout", "The upstream stopped answering in time.") from None
-    except httpx.HTTPError:
+    except UpstreamError:
         raise ProxyError("upstream_unavailable", "The upstream connection broke.") from None
     return bytes(body)
 
@@ -453,15 +452,15 @@ async def _open(
     body: bytes,
     *,
     decoded: bool,
-) -> httpx.Response:
+) -> UpstreamResponse:
     try:
         return await proxy.upstream.open(
             method, scope["path"], scope.get("query_string", b""), headers, body, decoded=decoded
         )
-    except httpx.TimeoutException:
+    except UpstreamTimeout:
         proxy.metrics.inc("traceguard_proxy_upstream_errors_total", kind="timeout")
         raise ProxyError("upstream_timeout", "The upstream did not answer in time.") from None
-    except httpx.HTTPError:
+    except UpstreamError:
         proxy.metrics.inc("traceguard_proxy_upstream_errors_total", kind="unreachable")
         raise ProxyError("upstream_unavailable", "The upstream could not be reached.") from None
 
@@ -493,9 +492,9 @@ async def passthrough(proxy: Proxy, scope: Scope, receive: Receive, send: Send) 
                 cycle.status = response.status_code
                 out = Sender(send, response.status_code, client_headers(response, decoded=False))
                 try:
-                    async for piece in response.aiter_raw():
+                    async for piece in response.aiter_bytes():
                         await out.write(piece)
-                except httpx.HTTPError:
+                except UpstreamError:
                     cycle.note(error="upstream_unavailable")
                 await out.end()
             finally:

@@ -1,4 +1,5 @@
-"""The upstream model server: one pooled httpx client, and the header rules both ways.
+"""The upstream model server: one pooled client (:mod:`._http_client`), and the header rules
+both ways.
 
 Toward the upstream, a request keeps its body byte for byte and its headers minus what belongs
 to the client's hop or identity: its key (``Authorization``, ``api-key``, ``x-api-key``), cookies,
@@ -7,20 +8,21 @@ environment; nothing else ever sees it. Toward the client, the upstream's hop-by
 cookies and any ``x-traceguard-*`` header it made up are dropped (only the proxy states
 decisions).
 
-The client ignores ``HTTP(S)_PROXY`` and ``.netrc`` (``trust_env=False``): a proxy that picked
-credentials up from its environment would send them somewhere nobody configured.
+The client ignores ``HTTP(S)_PROXY`` and ``.netrc``: a proxy that picked credentials up from
+its environment would send them somewhere nobody configured.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-
-import httpx
+from urllib.parse import urlsplit
 
 from traceguard._config_auditors import env_headers
 from traceguard._config_serve import UpstreamSpec
 from traceguard._exceptions import ConfigurationError
+
+from ._http_client import HttpClient, UpstreamError, UpstreamResponse
 
 __all__ = ["Upstream", "client_headers", "header_value"]
 
@@ -57,17 +59,17 @@ def _kept(name: str, dropped: frozenset[str]) -> bool:
     return name not in dropped and not name.startswith("x-traceguard-")
 
 
-def client_headers(upstream: httpx.Response, *, decoded: bool) -> list[tuple[bytes, bytes]]:
-    """The upstream's response headers a client may see (``decoded``: the body is sent
-    decompressed, so ``content-encoding`` goes too)."""
+def client_headers(upstream: UpstreamResponse, *, decoded: bool) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers a client may see (``decoded``: the proxy sends a body it
+    read, so a ``content-encoding`` it did not undo must not be claimed)."""
     out = []
-    for name, value in upstream.headers.raw:
-        lower = name.lower().decode("latin-1")
+    for name, value in upstream.headers:
+        lower = name.decode("latin-1")
         if not _kept(lower, _NOT_RETURNED):
             continue
         if decoded and lower == "content-encoding":
             continue
-        out.append((name.lower(), value))
+        out.append((name, value))
     return out
 
 
@@ -87,23 +89,21 @@ class Upstream:
                 )
             headers["authorization"] = f"Bearer {key}"
         self._headers = {name.lower(): value for name, value in headers.items()}
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=spec.max_connections,
-                max_keepalive_connections=min(spec.max_connections, 256),
-            ),
-            follow_redirects=False,
-            trust_env=False,
+        self._prefix = urlsplit(self.base_url).path.rstrip("/")
+        self.client = HttpClient(
+            self.base_url,
+            connect_timeout=spec.connect_timeout_s,
+            read_timeout=spec.timeout_s,
+            max_idle=min(spec.max_connections, 256),
         )
 
-    def url(self, path: str, query: bytes) -> str:
-        """The upstream URL of a proxy path (``/v1/...``) and its query string."""
+    def target(self, path: str, query: bytes) -> str:
+        """The request target upstream for a proxy path (``/v1/...``) and its query string."""
         rest = path[len("/v1") :] if path.startswith("/v1") else path
-        url = self.base_url + rest
+        target = self._prefix + rest
         if query:
-            url += "?" + query.decode("latin-1")
-        return url
+            target += "?" + query.decode("latin-1")
+        return target
 
     def request_headers(
         self, incoming: Iterable[tuple[bytes, bytes]], *, decoded: bool
@@ -129,28 +129,27 @@ class Upstream:
         body: bytes,
         *,
         decoded: bool,
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         """Send a request; the response body is left to stream (close it).
 
         Raises:
-            httpx.HTTPError: connection failures and timeouts, for the caller to map.
+            UpstreamError: connection failures and timeouts (``UpstreamTimeout``), for the
+                caller to map.
         """
-        request = self.client.build_request(
+        return await self.client.request(
             method,
-            self.url(path, query),
-            headers=self.request_headers(headers, decoded=decoded),
-            content=body,
+            self.target(path, query),
+            self.request_headers(headers, decoded=decoded),
+            body,
         )
-        return await self.client.send(request, stream=True)
 
-    async def probe(self, path: str = "/v1/models", timeout: float = 2.0) -> bool:
-        """True when the upstream answers ``GET path`` with a 2xx or 4xx (it is alive)."""
+    async def probe(self, path: str = "/v1/models") -> bool:
+        """True when the upstream answers ``GET path`` below 500 (it is alive)."""
         try:
-            response = await self.client.get(
-                self.url(path, b""), headers=self._headers, timeout=timeout
-            )
-        except httpx.HTTPError:
+            response = await self.client.request("GET", self.target(path, b""), [], b"")
+        except UpstreamError:
             return False
+        await response.aclose()
         return response.status_code < 500
 
     async def aclose(self) -> None:
