@@ -18,6 +18,7 @@ from traceguard._exceptions import (
     ImageError,
     InputError,
     ParseError,
+    SinkError,
     TraceguardError,
 )
 from traceguard._guard import Guard
@@ -38,7 +39,7 @@ from traceguard._reasoning import (
     extract_responses_output,
     split_think_tags,
 )
-from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink, SinkError, WebhookSink
+from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink, WebhookSink
 from traceguard._tools import (
     ToolContext,
     current_tool_context,

@@ -69,6 +69,10 @@ class ParseError(TraceguardError):
     """The auditor's output holds no readable verdict."""
 
 
+class SinkError(TraceguardError):
+    """A sink could not record an audit record (closed, rejected by the receiver, retries spent)."""
+
+
 class Blocked(TraceguardError):
     """The policy decided that the audited output must not reach the caller.
 

@@ -28,7 +28,7 @@ import httpx
 import tenacity
 
 from traceguard._decision import Decision
-from traceguard._exceptions import TraceguardError
+from traceguard._exceptions import SinkError
 from traceguard._retry_after import parse_retry_after
 from traceguard._trace import Trace
 from traceguard._urls import redact_url
@@ -44,10 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("traceguard.sinks")
-
-
-class SinkError(TraceguardError):
-    """A sink could not record an audit record (closed, rejected by the receiver, retries spent)."""
 
 
 @dataclass(frozen=True)

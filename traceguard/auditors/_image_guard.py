@@ -1,6 +1,6 @@
 """Shared machinery of the chat-based image guards (LlavaGuard, SafeGuard-VL-RL).
 
-These models rate one image per request. :class:`ChatImageGuard` turns a batch of traces into one
+These models rate one image per request. :class:`ChatImageAuditor` turns a batch of traces into one
 backend batch of per-image requests, parses each answer with the subclass's parser, and merges a
 trace's per-image verdicts with :func:`~traceguard.auditors._combine.combine_verdicts`. The sync
 and async drivers differ only in how they load images and call the backend.
@@ -30,7 +30,7 @@ from traceguard.auditors._combine import combine_verdicts
 from traceguard.auditors._image_batch import aload_images, load_images, regroup
 from traceguard.backends._base import ChatBackend, ChatRequest, ChatResult, Completion
 
-__all__ = ["ChatImageGuard", "ImageFinding", "NoImagePolicy"]
+__all__ = ["ChatImageAuditor", "ImageFinding", "NoImagePolicy"]
 
 NoImagePolicy = Literal["safe", "invalid_input"]
 
@@ -45,7 +45,7 @@ class ImageFinding:
     details: dict[str, Any] | None = None
 
 
-class ChatImageGuard(Auditor):
+class ChatImageAuditor(Auditor):
     """Base of the image guards that answer in text: one request per image, then a parser.
 
     Args:
@@ -215,7 +215,7 @@ class ChatImageGuard(Auditor):
 
 
 def _requests(
-    guard: ChatImageGuard, loaded: list[list[ImageRef] | ImageError]
+    guard: ChatImageAuditor, loaded: list[list[ImageRef] | ImageError]
 ) -> list[ChatRequest]:
     return [
         guard.build_request(image)

@@ -29,7 +29,7 @@ from traceguard import backends
 from traceguard._config_files import read_mapping
 from traceguard._exceptions import ConfigurationError, ParseError
 from traceguard._images import ImageAccess, ImageRef
-from traceguard.auditors._image_guard import ChatImageGuard, ImageFinding, NoImagePolicy
+from traceguard.auditors._image_guard import ChatImageAuditor, ImageFinding, NoImagePolicy
 from traceguard.auditors._llavaguard_repo import TrainedPolicyText
 from traceguard.backends._base import ChatBackend, ChatMessage, ChatRequest, ImagePart, TextPart
 from traceguard.taxonomy import LLAVAGUARD_CATEGORIES, OTHER_RISKS, from_llavaguard, llavaguard_code
@@ -317,7 +317,7 @@ def _assessment(
 # -- the auditor -----------------------------------------------------------------------------
 
 
-class LlavaGuardAuditor(ChatImageGuard):
+class LlavaGuardAuditor(ChatImageAuditor):
     """Rates every image of a trace with LlavaGuard; the trace's verdict merges the images'.
 
     ``Unsafe`` gives risk 1 with the category in traceguard's taxonomy (``other_risks`` when the
@@ -331,7 +331,7 @@ class LlavaGuardAuditor(ChatImageGuard):
         policy: the policy prompt and its overrides; the packaged policy by default.
         image_access: where images may be loaded from, and their limits.
         max_new_tokens: generation budget per image (the JSON needs ~150 tokens).
-        no_image: what a trace without images gets (see :class:`ChatImageGuard`).
+        no_image: what a trace without images gets (see :class:`ChatImageAuditor`).
         name: the verdicts' ``auditor`` field; ``llavaguard:<backend>`` by default.
     """
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from traceguard import backends
 from traceguard._exceptions import ConfigurationError, ParseError
 from traceguard._images import ImageAccess, ImageRef
-from traceguard.auditors._image_guard import ChatImageGuard, ImageFinding, NoImagePolicy
+from traceguard.auditors._image_guard import ChatImageAuditor, ImageFinding, NoImagePolicy
 from traceguard.backends._base import ChatBackend, ChatMessage, ChatRequest, ImagePart, TextPart
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def render_safeguard_prompt(policy: str, *, reasoning: bool) -> str:
 # -- the auditor -----------------------------------------------------------------------------
 
 
-class SafeGuardAuditor(ChatImageGuard):
+class SafeGuardAuditor(ChatImageAuditor):
     """Judges every image of a trace safe (risk 0) or unsafe (risk 1) under a written policy.
 
     SafeGuard-VL-RL names no category, so unsafe verdicts carry none; ``details`` says whether
@@ -121,7 +121,7 @@ class SafeGuardAuditor(ChatImageGuard):
             (LlavaGuard's nine categories in short) by default.
         reasoning: ask for reasoning before the judgement (slower, explains itself) or for one
             word.
-        image_access, max_new_tokens, no_image, name: as for :class:`ChatImageGuard`.
+        image_access, max_new_tokens, no_image, name: as for :class:`ChatImageAuditor`.
     """
 
     def __init__(
