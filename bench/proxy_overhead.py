@@ -86,7 +86,7 @@ def _chunk(marker: str, index: int, finish: str | None = None) -> bytes:
     return b"%X\r\n%s\r\n" % (len(data), data)
 
 
-async def _serve_upstream(port: int, chunks: int, delay: float) -> None:
+async def _serve_upstream(port: int, chunks: int, delay: float, latency: float) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -104,6 +104,8 @@ async def _serve_upstream(port: int, chunks: int, delay: float) -> None:
                     )
                     continue
                 marker = str(body["messages"][-1]["content"])
+                if marker.startswith("slow-") and latency:
+                    await asyncio.sleep(latency)  # a model server's generation time
                 if not body.get("stream"):
                     payload = _completion(marker)
                     writer.write(
@@ -241,14 +243,16 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def _json_round(port: int, concurrency: int, total: int) -> dict[str, Any]:
+async def _json_round(
+    port: int, concurrency: int, total: int, *, prefix: str = "m"
+) -> dict[str, Any]:
     connections = [await Connection.open(port) for _ in range(concurrency)]
     latencies: list[float] = []
     counter = iter(range(total))
 
     async def worker(conn: Connection) -> None:
         for index in counter:
-            marker = f"m{index}"
+            marker = f"{prefix}{index}"
             body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": marker}]})
             started = time.perf_counter()
             conn.send(body.encode())
@@ -323,6 +327,12 @@ async def _stream_round(port: int, concurrency: int, per_client: int) -> dict[st
     }
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -354,7 +364,9 @@ async def _measure(args: argparse.Namespace, upstream: int, proxy: int, pid: int
         await _json_round(upstream, min(concurrency, 64), 64)
         await _json_round(proxy, min(concurrency, 64), 64)
         direct = await _json_round(upstream, concurrency, total)
+        cpu_before = _cpu_s(pid)
         proxied = await _json_round(proxy, concurrency, total)
+        proxied["proxy_cpu_ms_per_request"] = round((_cpu_s(pid) - cpu_before) * 1000 / total, 3)
         streams_per_client = max(1, args.requests // (concurrency * 4))
         direct_stream = await _stream_round(upstream, concurrency, streams_per_client)
         proxied_stream = await _stream_round(proxy, concurrency, streams_per_client)
@@ -369,6 +381,22 @@ async def _measure(args: argparse.Namespace, upstream: int, proxy: int, pid: int
             "throughput_ratio": round(proxied["throughput_rps"] / direct["throughput_rps"], 3),
         }
         print(f"concurrency {concurrency}: {json.dumps(rows[str(concurrency)])}", flush=True)
+    # The same at concurrency 64 against an upstream that takes --model-latency per answer, as a
+    # model server does: what the proxy costs when the upstream is not free.
+    direct = await _json_round(upstream, 64, args.requests * 2, prefix="slow-")
+    cpu_before = _cpu_s(pid)
+    proxied = await _json_round(proxy, 64, args.requests * 2, prefix="slow-")
+    proxied["proxy_cpu_ms_per_request"] = round(
+        (_cpu_s(pid) - cpu_before) * 1000 / (args.requests * 2), 3
+    )
+    rows["64_with_model_latency"] = {
+        "model_latency_s": args.model_latency,
+        "direct": direct,
+        "proxy": proxied,
+        "added_p50_ms": round(proxied["p50_ms"] - direct["p50_ms"], 3),
+        "throughput_ratio": round(proxied["throughput_rps"] / direct["throughput_rps"], 3),
+    }
+    print(f"64 with model latency: {json.dumps(rows['64_with_model_latency'])}", flush=True)
     # Memory: two rounds of 500 concurrent streams; RSS before, between, after.
     rss = [_rss_mib(pid)]
     isolation = []
@@ -389,13 +417,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--chunk-delay", type=float, default=0.005)
+    parser.add_argument("--model-latency", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--role", choices=("upstream", "proxy"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "upstream":
-        asyncio.run(_serve_upstream(args.port, args.chunks, args.chunk_delay))
+        asyncio.run(_serve_upstream(args.port, args.chunks, args.chunk_delay, args.model_latency))
         return
     if args.role == "proxy":
         _serve_proxy(args.port, args.upstream_port)
@@ -415,6 +444,8 @@ def main() -> None:
                 str(args.chunks),
                 "--chunk-delay",
                 str(args.chunk_delay),
+                "--model-latency",
+                str(args.model_latency),
             ]
         ),
         subprocess.Popen(
@@ -443,11 +474,16 @@ def main() -> None:
                 child.kill()
     result = {
         "benchmark": "proxy_overhead",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": os.getloadavg(),
+        },
         "settings": {
             "requests": args.requests,
             "stream_chunks": args.chunks,
             "chunk_delay_s": args.chunk_delay,
+            "model_latency_s": args.model_latency,
             "proxy_stream_mode": "passthrough",
             "auditor": "instant (safe verdict, no I/O)",
             "load_generator": "raw asyncio sockets, keep-alive, separate process",
