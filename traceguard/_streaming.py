@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
-from traceguard._decision import Action, Decision
+from traceguard._decision import Decision
 from traceguard._exceptions import Blocked, Escalated
 from traceguard._trace import Stage, Trace
 
@@ -74,7 +74,8 @@ class StreamOptions:
 
 def blocked_error(decision: Decision) -> Blocked:
     """The exception for a decision that holds the output back."""
-    return Escalated(decision) if decision.action is Action.ESCALATE else Blocked(decision)
+    # A reviewer's rejection is a decided block, not an escalation still held for review.
+    return Escalated(decision) if decision.awaiting_review else Blocked(decision)
 
 
 class StreamAdapter(Protocol[C]):

@@ -222,6 +222,11 @@ class ReviewSpec(Spec):
     then link to the item's page."""
     timeout: PositiveFloat = 5.0
     """Seconds one database attempt waits for another process's lock (callers never wait)."""
+    wait: bool = False
+    """A guard built from this configuration holds escalated calls until a reviewer decides
+    (``Guard(on_escalate="wait")``)."""
+    wait_timeout: PositiveFloat = 300.0
+    """How long such a call waits before the policy's fallback applies (``review_timeout``)."""
 
     @field_validator("max_age")
     @classmethod
@@ -369,7 +374,16 @@ class GuardConfig(Spec):
             for sink in sinks:
                 sink.close()
             raise
-        return Guard(auditor, self.policy, sinks, raise_on_block=raise_on_block, owns_auditor=True)
+        review = self.review
+        return Guard(
+            auditor,
+            self.policy,
+            sinks,
+            raise_on_block=raise_on_block,
+            owns_auditor=True,
+            on_escalate="wait" if review is not None and review.wait else "fallback",
+            review_timeout=review.wait_timeout if review is not None else 300.0,
+        )
 
     # -- facts the command line and the runners need ---------------------------------------------
 

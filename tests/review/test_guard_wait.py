@@ -246,13 +246,13 @@ async def test_openai_call_waits_for_the_reviewer(
     finally:
         reviewer.stop()
     item = queue.get(reviewer.done[0])
-    assert item.integration is None or item.integration == "openai"
+    assert item.integration == "openai" and item.model == "m"
     assert item.content is not None and item.content.query == "How do I do it?"
     if resolution == "approved":
         assert not isinstance(outcome, BaseException)
         assert outcome.choices[0].message.content == "Here is the plan."
     else:
-        assert isinstance(outcome, Blocked)
+        assert type(outcome) is Blocked  # decided by a reviewer: not "held pending review"
         assert outcome.decision.review is not None
         assert outcome.decision.review.resolution == "rejected"
     assert not server.unexpected

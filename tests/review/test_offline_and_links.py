@@ -187,3 +187,19 @@ def test_notifications_link_to_the_review_page(tmp_path: Path, receiver: _Receiv
     assert [r.get("review_url") for r in records] == [link, None]
     assert records[0]["decision"]["escalation_id"] == escalated.escalation_id
     assert [b.get("review_url") for b in receiver.bodies] == [link, None]
+
+
+def test_a_configured_guard_waits_for_review(tmp_path: Path) -> None:
+    config = GuardConfig.from_mapping(
+        {
+            "auditor": {"kind": "baseline"},
+            "review": {"path": str(tmp_path / "q.sqlite"), "wait": True, "wait_timeout": 0.2},
+        }
+    )
+    guard = config.build_guard()
+    assert guard.on_escalate == "wait" and guard.review_timeout == 0.2
+    assert guard.review_queue is not None
+    guard.close()
+    plain = GuardConfig.from_mapping({"auditor": {"kind": "baseline"}}).build_guard()
+    assert plain.on_escalate == "fallback"
+    plain.close()
