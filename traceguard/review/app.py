@@ -103,7 +103,8 @@ def _risk_label(value: Any) -> str:
 
 
 class _SecurityHeaders:
-    """ASGI middleware: the security headers on every response, and ``Server-Timing``."""
+    """ASGI middleware: the security headers on every response, and ``Server-Timing`` (the
+    app's wall time to the response headers, and the process's CPU time meanwhile)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -113,6 +114,7 @@ class _SecurityHeaders:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        cpu_started = time.process_time()  # the whole process: exact only one request at a time
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -131,7 +133,9 @@ class _SecurityHeaders:
                     (b"cache-control", b"no-store"),
                 ]
                 elapsed_ms = (time.perf_counter() - started) * 1000
-                headers.append((b"server-timing", f"app;dur={elapsed_ms:.2f}".encode()))
+                cpu_ms = (time.process_time() - cpu_started) * 1000
+                timing = f"app;dur={elapsed_ms:.2f}, cpu;dur={cpu_ms:.2f}"
+                headers.append((b"server-timing", timing.encode()))
                 message["headers"] = headers
             await send(message)
 
