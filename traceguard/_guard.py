@@ -346,12 +346,23 @@ class Guard:
 
     def _holds(self, decision: Decision, wait: bool | None = None) -> bool:
         """True when this decision waits for a reviewer before it is acted on."""
-        return (
+        if not (
             (self.on_escalate == "wait" if wait is None else wait)
             and decision.escalated
             and decision.escalation_id is not None
             and decision.review is None
-        )
+        ):
+            return False
+        # A queue that did not take the escalation (closed, broken) has nothing a reviewer
+        # could ever decide: waiting would only add the whole timeout to the fallback.
+        queue = self.review_queue
+        if queue is None or not queue.accepted(decision.escalation_id):
+            logger.warning(
+                "escalation %s is not in the review queue: the policy's fallback applies at once",
+                decision.escalation_id,
+            )
+            return False
+        return True
 
     def _queue_for_review(self) -> ReviewQueue:
         if self.review_queue is None:

@@ -276,3 +276,15 @@ async def _acall(awaitable: Any) -> Any:
         return await awaitable
     except Blocked as exc:
         return exc
+
+
+def test_no_wait_when_the_queue_did_not_take_the_escalation(
+    queue: ReviewQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = waiting_guard(queue, Step(error="timeout"), review_timeout=3600)
+    queue.close()  # emit now fails: nothing for a reviewer to decide
+    with pytest.raises(Escalated) as info:
+        guard.check(TRACE)  # returns at once (a wait would take the hour)
+    assert info.value.decision.review is None
+    assert guard.sink_errors == 1
+    assert "not in the review queue" in caplog.text

@@ -203,6 +203,16 @@ class ReviewQueue(Sink):
 
     # -- what a waiting guard asks --------------------------------------------------------------
 
+    def accepted(self, escalation_id: str) -> bool:
+        """True when this queue took the escalation (waiting to be written, or written)."""
+        with self._cond:
+            if escalation_id in self._queued_ids or self._backlog > 0:
+                return True
+        try:
+            return self.store.outcome(escalation_id)[0]
+        except Exception:
+            return False
+
     def outcome(self, escalation_id: str) -> tuple[bool, ReviewOutcome | None]:
         """``(filed, outcome)``: whether this escalation is known (stored, or accepted and on its
         way), and the reviewer's decision once there is one. Never waits for the writer."""
