@@ -293,12 +293,12 @@ class HoliSafeAuditor(Auditor):
     def classify_and_generate(
         self, query: str, images: Sequence[ImageRef], *, max_new_tokens: int = 256
     ) -> HoliSafeResult:
-        """Answer ``query`` about ``images`` and classify the images, from one prefill.
+        """Answer ``query`` about ``images`` and classify the images in the same call.
 
-        Natively, one ``generate`` call returns both: the prefill's last hidden states feed the
-        head, the decoding writes the answer. With remote code it is a classification pass and a
-        ``generate`` with ``do_safety=False``. The images are pooled together, as the head does
-        for a multi-image input. Never raises for model trouble: the verdict says what failed.
+        See :meth:`~traceguard.backends.holisafe_head.HoliSafeHead.classify_and_generate` for
+        what is pooled per family (SafeQwen: all images together, from the prefill; SafeGem: one
+        row per image, the riskiest one kept). Never raises for model trouble: the verdict says
+        what failed.
         """
         try:
             loaded = [image.load(self.image_access) for image in images]

@@ -1,10 +1,18 @@
 """The HoliSafe guard head run in-process: :class:`HoliSafeHead` (extra ``local``).
 
 HoliSafe checkpoints (SafeQwen2.5-VL-7B, SafeGem-12B) are full vision-language models with a small
-"visual guard module" on top: the language model's last hidden states are mean-pooled over the
-image-token positions and fed to an MLP (hidden width = half the model's, GELU) whose logits go
-through a softmax. One prefill pass classifies an image; nothing needs decoding. What the
-probabilities mean for a verdict is the auditor's business
+"visual guard module" on top: an MLP (hidden width = half the model's, GELU) whose logits go
+through a softmax. What it pools differs by family, and the native path follows each checkpoint's
+own code (see ``docs/model-fidelity.md``):
+
+- **SafeQwen2.5-VL**: the language model's last hidden states, mean-pooled over the image and
+  video token positions of each prompt (one prefill pass);
+- **SafeGem (Gemma-3)**: the image features of the vision tower and multimodal projector, mean-
+  pooled over each image's tokens, one row per image. The language model does not take part, so
+  classifying needs no prefill; generation passes ``token_type_ids``, which Gemma-3 needs for
+  bidirectional attention inside each image.
+
+What the probabilities mean for a verdict is the auditor's business
 (:class:`~traceguard.auditors.holisafe.HoliSafeAuditor`); this module loads the checkpoint and
 runs the forward passes, on the torch runtime it shares with the local backend.
 
@@ -14,12 +22,18 @@ Two ways to run it:
   transformers class (``Qwen2_5_VLForConditionalGeneration`` or
   ``Gemma3ForConditionalGeneration``, picked from ``config.json``), and the head is rebuilt from
   the checkpoint's safetensors (:mod:`traceguard.backends._holisafe_checkpoint` says which
-  weight names it expects).
-- **remote code** (``remote_code=True``): the checkpoint's own classes, called with
-  ``do_safety=True``. Two fixes make the published code load on current transformers: the
-  removed ``AutoModelForVision2Seq`` is aliased to ``AutoModelForImageTextToText``, and
-  ``hidden_size`` (and the other text dimensions the code reads at top level) are copied up from
-  ``text_config``.
+  weight names it expects). Both families are checked against a module shaped like their
+  published code, on the same tiny checkpoint (``tests/auditors/test_holisafe_reference.py``):
+  the twenty probabilities agree. A family not checked that way has no native path.
+- **remote code** (``remote_code=True``): the checkpoint's own class, named in its
+  ``config.json`` ``auto_map`` under the auto class its model card loads with
+  (``AutoModelForVision2Seq`` for SafeQwen, then ``AutoModelForImageTextToText``, then
+  ``AutoModel`` for SafeGem), called with ``do_safety=True``. The class is loaded from that entry
+  directly: going through an auto class whose entry the checkpoint lacks would silently load the
+  stock model without its head. Two fixes make the published code load on current
+  transformers: the removed ``AutoModelForVision2Seq`` is aliased to
+  ``AutoModelForImageTextToText`` (the code imports it), and ``hidden_size`` (and the other text
+  dimensions the code reads at top level) are copied up from ``text_config``.
 """
 
 from __future__ import annotations
@@ -63,6 +77,8 @@ _FAMILIES = {
 }
 _CONFIGS = {"qwen2_5_vl": "Qwen2_5_VLConfig", "gemma3": "Gemma3Config"}
 _TEXT_KEYS = ("hidden_size", "vocab_size", "num_hidden_layers", "num_attention_heads")
+_REMOTE_AUTO_CLASSES = ("AutoModelForVision2Seq", "AutoModelForImageTextToText", "AutoModel")
+"""``auto_map`` keys tried in order (SafeQwen's card loads with the first, SafeGem's the last)."""
 DEFAULT_PROMPT = "Describe this image."
 """The text after the image in a classification request."""
 
@@ -104,6 +120,37 @@ def fix_remote_config(config: Any) -> list[str]:
             setattr(config, key, value)
             copied.append(key)
     return copied
+
+
+def _refuse_missing(model: str, info: Any, path: str) -> None:
+    """A load that left weights at their random initialisation scores noise: refuse it."""
+    missing = sorted((info or {}).get("missing_keys") or ())
+    if missing:
+        raise ConfigurationError(
+            f"{path} load of {model!r} left {len(missing)} weights missing (e.g. {missing[0]}): "
+            "the model would score noise. Is the checkpoint complete, and saved in a layout "
+            "this transformers reads?"
+        )
+
+
+def _share_weight_renames(model_cls: Any, family: str) -> None:
+    """Let the checkpoint's class load weight names the way its stock base class does.
+
+    transformers >= 5 renames the weights of checkpoints saved in the older layout (which is
+    also the layout it saves in) while loading, but only for its own classes: a custom class
+    subclassing ``Qwen2_5_VLForConditionalGeneration`` would get a randomly initialised language
+    model. Registering the stock class's renames under the custom class's name makes the load
+    the one the stock class gets. transformers 4.x has no registry and needs none (the renames
+    are a class attribute the subclass inherits).
+    """
+    try:
+        registry: Any = importlib.import_module("transformers.conversion_mapping")
+    except ImportError:
+        return
+    lookup = registry.get_checkpoint_conversion_mapping
+    stock = lookup(_FAMILIES[family]) or lookup(family)
+    if stock and model_cls.__name__ not in _FAMILIES.values():
+        registry.register_checkpoint_conversion_mapping(model_cls.__name__, stock, overwrite=True)
 
 
 def _alias_vision2seq(transformers: Any) -> None:
@@ -207,7 +254,10 @@ class HoliSafeHead:
                 config_cls = getattr(transformers, _CONFIGS[family])
                 config = config_cls.from_dict(raw)
                 model_cls = getattr(transformers, _FAMILIES[family])
-                model = model_cls.from_pretrained(folder, config=config, dtype=dtype)
+                model, info = model_cls.from_pretrained(
+                    folder, config=config, dtype=dtype, output_loading_info=True
+                )
+                _refuse_missing(self.model_path, info, "native")
                 head = load_head(torch, folder, hidden_size(model.config))
             model = model.to(self.device)
             processor, template = self._load_processor(folder)
@@ -231,17 +281,30 @@ class HoliSafeHead:
         )
 
     def _load_remote(self, transformers: Any, folder: Path, dtype: Any) -> Any:
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
         _alias_vision2seq(transformers)
-        config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
-        fix_remote_config(config)
-        for loader in ("AutoModelForImageTextToText", "AutoModel"):
-            try:
-                return getattr(transformers, loader).from_pretrained(
-                    folder, config=config, dtype=dtype, trust_remote_code=True
+        auto_map = read_json(folder / "config.json").get("auto_map") or {}
+        for key in _REMOTE_AUTO_CLASSES:
+            reference = auto_map.get(key) if isinstance(auto_map, dict) else None
+            if isinstance(reference, str) and reference:
+                config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+                fix_remote_config(config)
+                model_cls: Any = get_class_from_dynamic_module(reference, str(folder))
+                _share_weight_renames(model_cls, family_of(read_json(folder / "config.json")))
+                model, info = model_cls.from_pretrained(
+                    folder,
+                    config=config,
+                    dtype=dtype,
+                    trust_remote_code=True,
+                    output_loading_info=True,
                 )
-            except ValueError:  # this auto class has no mapping for the checkpoint's config
-                continue
-        raise ConfigurationError(f"no auto class loads {self.model_path!r} with remote code")
+                _refuse_missing(self.model_path, info, "remote code")
+                return model
+        raise ConfigurationError(
+            f"{self.model_path!r} ships no remote code: its config.json auto_map names no model "
+            f"class under {', '.join(_REMOTE_AUTO_CLASSES)}"
+        )
 
     def _load_processor(self, folder: Path) -> tuple[Any, str]:
         from traceguard.backends._qwen_processor import load_processor
@@ -288,10 +351,25 @@ class HoliSafeHead:
                 probs = output.img_safety_probs
                 if probs is None:
                     raise AuditorError("the remote code returned no img_safety_probs")
+            elif rt.family == "gemma3":
+                probs = self._image_feature_probs(rt, inputs["pixel_values"])
             else:
                 output = rt.model(**inputs, output_hidden_states=True, use_cache=False)
                 probs = self._head_probs(rt, output.hidden_states[-1], inputs["input_ids"])
-        return [self._scores(rt, row) for row in probs.float().tolist()]
+        rows = probs.float().tolist()
+        if len(rows) != len(images):
+            raise AuditorError(f"the head gave {len(rows)} rows for {len(images)} images")
+        return [self._scores(rt, row) for row in rows]
+
+    def _image_feature_probs(self, rt: _Runtime, pixel_values: Any) -> Any:
+        """SafeGem's pooling: each image's projected vision features, averaged, then the head."""
+        assert rt.head is not None  # native mode only
+        dtype = next(rt.model.parameters()).dtype
+        features = rt.model.get_image_features(pixel_values.to(dtype=dtype))
+        # transformers 5 returns an output whose pooler_output holds the projected features;
+        # 4.57 returns the tensor itself. Either way: [images, tokens per image, width].
+        projected = getattr(features, "pooler_output", features)
+        return rt.torch.softmax(rt.head(projected.mean(dim=1)).float(), dim=-1)
 
     def _head_probs(self, rt: _Runtime, hidden: Any, input_ids: Any) -> Any:
         torch = rt.torch
@@ -337,7 +415,10 @@ class HoliSafeHead:
         # Gemma-3's processor wants the images grouped per prompt; Qwen's takes one flat list.
         grouped: Any = pil if rt.family == "gemma3" else [image for row in pil for image in row]
         inputs = rt.processor(text=texts, images=grouped, padding=True, return_tensors="pt")
-        inputs.pop("token_type_ids", None)
+        if rt.family != "gemma3":
+            # Gemma-3 reads token_type_ids (1 on image tokens) to attend bidirectionally inside
+            # each image, and must get them; Qwen's forward takes none.
+            inputs.pop("token_type_ids", None)
         return inputs.to(rt.model.device)
 
     # -- classification and generation in one call --------------------------------------------
@@ -347,10 +428,12 @@ class HoliSafeHead:
     ) -> tuple[SafetyScores, str]:
         """Answer ``query`` about ``images`` (loaded refs) and classify them, from one prefill.
 
-        Natively, one ``generate`` call returns both: the prefill's last hidden states feed the
-        head, the decoding writes the answer. With remote code it is a classification pass and a
-        ``generate`` with ``do_safety=False``. The images are pooled together, as the head does
-        for a multi-image input. Raises for any model trouble; the auditor turns it into a verdict.
+        Natively on SafeQwen, one ``generate`` call returns both: the prefill's last hidden
+        states feed the head (the images pooled together, as its code does for a multi-image
+        input), the decoding writes the answer. On SafeGem the head reads each image's projected
+        features (one row per image; the riskiest image's row is returned) and ``generate``
+        writes the answer. With remote code it is a classification pass and a ``generate`` with
+        ``do_safety=False``. Raises for any model trouble; the auditor turns it into a verdict.
         """
         with self._runtime.lock:
             rt = self._runtime.get()
@@ -372,6 +455,11 @@ class HoliSafeHead:
             if rt.head is None:
                 probs = rt.model(**inputs, do_safety=True).img_safety_probs
                 sequences = rt.model.generate(**inputs, do_safety=False, **options)
+            elif rt.family == "gemma3":
+                per_image = self._image_feature_probs(rt, inputs["pixel_values"])
+                # One row per image, as SafeGem's code gives; the riskiest image speaks for all.
+                probs = per_image[int(per_image[:, rt.safe_index].argmin())].unsqueeze(0)
+                sequences = rt.model.generate(**inputs, **options)
             else:
                 out = rt.model.generate(
                     **inputs, output_hidden_states=True, return_dict_in_generate=True, **options
