@@ -27,11 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from traceguard._images import ImageRef
-from traceguard._trace import Trace
-from traceguard.auditors._guardtrace_format import build_guardtrace_request
-from traceguard.auditors._guardtrace_prompts import PromptSet
-from traceguard.backends._base import ChatRequest, Completion
+from traceguard import ImageRef, PromptSet, Trace, build_guardtrace_request
+from traceguard.backends import ChatRequest, Completion
 from traceguard.backends.transformers import TransformersBackend
 from traceguard.testing.tiny_qwen import build_tiny_qwen25vl
 

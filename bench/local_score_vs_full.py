@@ -38,8 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from traceguard._images import ImageRef
-from traceguard._trace import Trace
+from traceguard import ImageRef, Trace
 from traceguard.auditors.guardtrace import GuardTraceAuditor
 from traceguard.backends.transformers import TransformersBackend
 from traceguard.testing.tiny_qwen import build_tiny_qwen25vl

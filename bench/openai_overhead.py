@@ -38,7 +38,7 @@ os.environ["LANGSMITH_TRACING"] = "false"  # before langsmith is imported: nothi
 import openai
 from openai.types.chat import ChatCompletion
 
-from traceguard._guard import Guard
+from traceguard import Guard
 from traceguard.integrations.openai import guard_openai
 from traceguard.testing import ScriptedAuditor
 from traceguard.testing.openai_server import (

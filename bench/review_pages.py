@@ -38,11 +38,8 @@ from typing import Any
 
 import httpx
 
-from traceguard import AuditRecord, Policy, Trace
-from traceguard._decision import Decision
-from traceguard._verdict import AuditStatus, ErrorInfo, Verdict
-from traceguard.review import EscalationStore
-from traceguard.review._entry import NewEscalation
+from traceguard import AuditRecord, AuditStatus, Decision, ErrorInfo, Policy, Trace, Verdict
+from traceguard.review import EscalationStore, NewEscalation
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "review_pages.json"

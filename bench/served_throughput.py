@@ -37,9 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from traceguard._images import ImageRef
-from traceguard._trace import Trace
-from traceguard._verdict import AuditStatus
+from traceguard import AuditStatus, ImageRef, Trace
 from traceguard.auditors.guardtrace import GuardTraceAuditor
 from traceguard.backends.http import OpenAICompatibleBackend
 from traceguard.testing.openai_server import OpenAIServer

@@ -27,10 +27,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, tool
 
-from traceguard import Blocked, Escalated
-from traceguard._guard import Guard
-from traceguard._policy import Policy
-from traceguard._sinks import AuditRecord, JsonlSink, Sink
+from traceguard import AuditRecord, Blocked, Escalated, Guard, JsonlSink, Policy, Sink
 from traceguard.auditors.baseline import BaselineAuditor
 from traceguard.integrations.langchain import TraceguardCallbackHandler, guard_runnable
 

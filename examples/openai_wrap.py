@@ -14,10 +14,7 @@ from pathlib import Path
 
 import openai
 
-from traceguard import Blocked, Escalated
-from traceguard._guard import Guard
-from traceguard._policy import Policy
-from traceguard._sinks import JsonlSink
+from traceguard import Blocked, Escalated, Guard, JsonlSink, Policy
 from traceguard.auditors.baseline import BaselineAuditor
 from traceguard.integrations.openai import GuardedStream, guard_openai
 from traceguard.testing.openai_server import (

@@ -52,7 +52,11 @@ from traceguard._trace import Stage, ToolCall, Trace, Turn
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 from traceguard._version import __version__
 from traceguard.audit import AuditOptions, AuditSummary, arun_audit, run_audit
-from traceguard.auditors._guardtrace_format import ParsedJudgment, parse_guardtrace_output
+from traceguard.auditors._guardtrace_format import (
+    ParsedJudgment,
+    build_guardtrace_request,
+    parse_guardtrace_output,
+)
 from traceguard.auditors._guardtrace_prompts import PromptSet
 from traceguard.auditors.baseline import BaselineAuditor
 from traceguard.auditors.guardtrace import GuardTraceAuditor
@@ -127,6 +131,7 @@ __all__ = [
     "Verdict",
     "WebhookSink",
     "arun_audit",
+    "build_guardtrace_request",
     "current_tool_context",
     "extract_chat_message",
     "extract_langchain_message",

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from traceguard._decision import ReviewOutcome
-from traceguard.review._entry import offline_escalation_id
+from traceguard.review._entry import NewEscalation, offline_escalation_id
 from traceguard.review._model import (
     AlreadyResolved,
     Escalation,
@@ -47,6 +47,7 @@ __all__ = [
     "EscalationFilter",
     "EscalationStore",
     "ImageInfo",
+    "NewEscalation",
     "Page",
     "ReviewOutcome",
     "ReviewQueue",
