@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import httpx
@@ -40,7 +41,12 @@ def test_metrics_count_requests_decisions_and_auditor_time(
     upstream.enqueue(ScriptedResponse.json(chat_completion("Fine.")))
     with sdk(proxy.base_url) as client:
         client.chat.completions.create(model="m", messages=USER)
-    text = httpx.get(f"{proxy.url}/metrics").text
+    # A request is counted just after its last byte went out: wait for the count.
+    served = 'traceguard_proxy_requests_total{endpoint="chat.completions",status="200"} 1'
+    deadline = time.monotonic() + 10
+    while served not in (text := httpx.get(f"{proxy.url}/metrics").text):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.01)
     lines = set(text.splitlines())
     assert 'traceguard_proxy_requests_total{endpoint="chat.completions",status="200"} 1' in lines
     assert 'traceguard_proxy_decisions_total{action="allow",disposition="allow"} 1' in lines
@@ -207,6 +213,10 @@ def test_spans_when_opentelemetry_is_configured(
     upstream.enqueue(ScriptedResponse.json(chat_completion("Hello.")))
     with sdk(proxy.base_url) as client:
         client.chat.completions.create(model="m", messages=USER)
+    # The request span ends just after the last byte went out: wait for it.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(exporter.get_finished_spans()) < 2:
+        time.sleep(0.01)
     spans = {span.name: span for span in exporter.get_finished_spans()}
     request = spans["traceguard.proxy.request"]
     audit = spans["traceguard.audit"]
