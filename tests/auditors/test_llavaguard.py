@@ -27,12 +27,11 @@ from traceguard.auditors.llavaguard import (
     LlavaGuardPolicy,
     parse_llavaguard_output,
 )
-from traceguard.backends import ChatBackend, ChatRequest, Completion, ImagePart, TextPart
-from traceguard.backends._base import ChatResult, ScoreResult
+from traceguard.backends import ChatRequest, ImagePart, TextPart
+from traceguard.backends._base import ChatResult
 from traceguard.taxonomy import LLAVAGUARD_CATEGORIES
+from traceguard.testing import ScriptedBackend
 from traceguard.testing.openai_server import OpenAIServer, ScriptedResponse, chat_completion
-
-Reply = Callable[[ChatRequest], "str | AuditorError"]
 
 
 def _png(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (40, 30)) -> ImageRef:
@@ -45,29 +44,9 @@ def _answer(rating: str, category: str = "NA: None applying", rationale: str = "
     return json.dumps({"rating": rating, "category": category, "rationale": rationale})
 
 
-class FakeBackend(ChatBackend):
-    name = "fake"
-
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-        self.batches: list[list[ChatRequest]] = []
-
-    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
-        self.batches.append(list(requests))
-        out: list[ChatResult] = []
-        for request in requests:
-            answer = self.reply(request)
-            out.append(
-                answer
-                if isinstance(answer, AuditorError)
-                else Completion(text=answer, latency_ms=5.0, model="fake-llavaguard")
-            )
-        return out
-
-    def next_token_logprobs(
-        self, requests: Sequence[ChatRequest], top_k: int = 20
-    ) -> list[ScoreResult]:
-        raise AssertionError("LlavaGuard never scores tokens")
+def fake(reply: Callable[[ChatRequest], str | AuditorError] | None = None) -> ScriptedBackend:
+    """A scripted backend named like the auditor tests expect."""
+    return ScriptedBackend(reply=reply, name="fake")
 
 
 def _image_of(request: ChatRequest) -> ImageRef:
@@ -220,7 +199,7 @@ def test_property_text_without_a_quoted_rating_key_never_parses(text: str) -> No
 
 
 def test_unsafe_maps_to_risk_one_with_the_taxonomy_category() -> None:
-    backend = FakeBackend(lambda r: _answer("Unsafe", "O7: Self-Harm", "cuts on an arm"))
+    backend = fake(lambda r: _answer("Unsafe", "O7: Self-Harm", "cuts on an arm"))
     verdict = LlavaGuardAuditor(backend).audit(Trace(query="q", response="r", images=(_png(),)))
     assert verdict.status is AuditStatus.OK and verdict.risk == 1.0
     assert verdict.categories == ("physical_and_mental_health",)
@@ -232,23 +211,23 @@ def test_unsafe_maps_to_risk_one_with_the_taxonomy_category() -> None:
 
 
 def test_safe_is_risk_zero_and_unknown_unsafe_category_is_other_risks() -> None:
-    safe = LlavaGuardAuditor(FakeBackend(lambda r: _answer("Safe"))).audit(
+    safe = LlavaGuardAuditor(fake(lambda r: _answer("Safe"))).audit(
         Trace(query="q", response="r", images=(_png(),))
     )
     assert (safe.risk, safe.categories) == (0.0, ())
-    odd = LlavaGuardAuditor(FakeBackend(lambda r: _answer("Unsafe", "O12: Spiders"))).audit(
+    odd = LlavaGuardAuditor(fake(lambda r: _answer("Unsafe", "O12: Spiders"))).audit(
         Trace(query="q", response="r", images=(_png(),))
     )
     assert (odd.risk, odd.categories) == (1.0, ("other_risks",))
 
 
 def test_request_layout_is_image_then_policy_in_one_user_turn() -> None:
-    backend = FakeBackend(lambda r: _answer("Safe"))
+    backend = fake(lambda r: _answer("Safe"))
     policy = LlavaGuardPolicy({"O4": "sensitive"})
     LlavaGuardAuditor(backend, policy=policy, max_new_tokens=77).audit(
         Trace(query="ignored", response="ignored", images=(_png(),))
     )
-    ((request,),) = backend.batches
+    ((request,),) = [call.requests for call in backend.calls]
     (message,) = request.messages
     assert message.role == "user" and request.max_new_tokens == 77
     image, text = message.content
@@ -266,14 +245,14 @@ def test_images_of_a_batch_go_in_one_backend_call_and_merge_per_trace() -> None:
             return _answer("Unsafe", "O1: Hate, Humiliation, Harassment")
         return _answer("Safe")
 
-    backend = FakeBackend(reply)
+    backend = fake(reply)
     traces = [
         Trace(query="a", response="", images=(blue, red)),
         Trace(query="b", response="", images=(green,)),
         Trace(query="c", response=""),
     ]
     verdicts = LlavaGuardAuditor(backend).audit_batch(traces)
-    assert len(backend.batches) == 1 and len(backend.batches[0]) == 3
+    assert [len(call.requests) for call in backend.calls] == [3]
     assert [v.risk for v in verdicts] == [1.0, 0.0, 0.0]
     assert verdicts[0].categories == ("hate_speech",)
     assert verdicts[0].details["images"] == 2
@@ -289,7 +268,7 @@ def test_failures_are_distinct_statuses_and_never_safe(tmp_path: Path) -> None:
             return "I think it is fine"
         return _answer("Safe")
 
-    backend = FakeBackend(reply)
+    backend = fake(reply)
     auditor = LlavaGuardAuditor(backend, image_access=ImageAccess(root=tmp_path))
     outside = ImageRef.from_path("/etc/hostname")
     traces = [
@@ -302,14 +281,14 @@ def test_failures_are_distinct_statuses_and_never_safe(tmp_path: Path) -> None:
     assert unparseable.status is AuditStatus.UNPARSEABLE
     assert unparseable.error is not None and unparseable.error.message.startswith("image 1:")
     assert invalid.status is AuditStatus.INVALID_INPUT
-    assert sum(len(b) for b in backend.batches) == 3
+    assert len(backend.requests) == 3
 
 
 def test_a_harmful_image_outweighs_a_failed_one() -> None:
     def reply(request: ChatRequest) -> str:
         return "???" if _image_of(request).width == 42 else _answer("Unsafe", "O9")
 
-    verdict = LlavaGuardAuditor(FakeBackend(reply)).audit(
+    verdict = LlavaGuardAuditor(fake(reply)).audit(
         Trace(query="", response="", images=(_png(size=(42, 30)), _png()))
     )
     assert verdict.status is AuditStatus.OK and verdict.risk == 1.0
@@ -317,33 +296,33 @@ def test_a_harmful_image_outweighs_a_failed_one() -> None:
 
 
 def test_no_image_policy_and_bad_options() -> None:
-    auditor = LlavaGuardAuditor(FakeBackend(lambda r: ""), no_image="invalid_input")
+    auditor = LlavaGuardAuditor(fake(), no_image="invalid_input")
     assert auditor.audit(Trace(query="q", response="r")).status is AuditStatus.INVALID_INPUT
     with pytest.raises(ConfigurationError):
-        LlavaGuardAuditor(FakeBackend(lambda r: ""), no_image="allow")  # type: ignore[arg-type]
+        LlavaGuardAuditor(fake(), no_image="allow")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
-        LlavaGuardAuditor(FakeBackend(lambda r: ""), max_new_tokens=0)
+        LlavaGuardAuditor(fake(), max_new_tokens=0)
 
 
-class RaisingBackend(FakeBackend):
+class RaisingBackend(ScriptedBackend):
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         raise RuntimeError("CUDA out of memory")
 
 
-class ShortBackend(FakeBackend):
+class ShortBackend(ScriptedBackend):
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         return []
 
 
 @pytest.mark.parametrize("backend_cls", [RaisingBackend, ShortBackend])
-def test_misbehaving_backends_become_auditor_errors(backend_cls: type[FakeBackend]) -> None:
-    auditor = LlavaGuardAuditor(backend_cls(lambda r: _answer("Safe")))
+def test_misbehaving_backends_become_auditor_errors(backend_cls: type[ScriptedBackend]) -> None:
+    auditor = LlavaGuardAuditor(backend_cls(reply=lambda r: _answer("Safe")))
     verdict = auditor.audit(Trace(query="", response="", images=(_png(),)))
     assert verdict.status is AuditStatus.AUDITOR_ERROR
 
 
 async def test_async_gives_the_same_verdicts() -> None:
-    backend = FakeBackend(lambda r: _answer("Unsafe", "O8: Animal Cruelty"))
+    backend = fake(lambda r: _answer("Unsafe", "O8: Animal Cruelty"))
     auditor = LlavaGuardAuditor(backend)
     traces = [Trace(query="", response="", images=(_png(),)), Trace(query="", response="")]
     sync = [v.to_dict() for v in auditor.audit_batch(traces)]

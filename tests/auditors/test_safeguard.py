@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,8 @@ from PIL import Image
 
 from traceguard import AuditStatus, ConfigurationError, ImageRef, ParseError, Trace
 from traceguard.auditors.safeguard import SafeGuardAuditor, parse_safeguard_output
-from traceguard.backends import ChatBackend, ChatRequest, Completion, TextPart
-from traceguard.backends._base import ChatResult, ScoreResult
+from traceguard.backends import TextPart
+from traceguard.testing import ScriptedBackend
 from traceguard.testing.openai_server import OpenAIServer, ScriptedResponse, chat_completion
 
 
@@ -22,23 +21,6 @@ def _png(size: tuple[int, int] = (40, 30)) -> ImageRef:
     buffer = io.BytesIO()
     Image.new("RGB", size, (10, 200, 10)).save(buffer, format="PNG")
     return ImageRef.from_bytes(buffer.getvalue())
-
-
-class FakeBackend(ChatBackend):
-    name = "fake"
-
-    def __init__(self, *answers: str) -> None:
-        self.answers = list(answers)
-        self.requests: list[ChatRequest] = []
-
-    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
-        self.requests.extend(requests)
-        return [Completion(text=self.answers.pop(0), latency_ms=1.0, model="m") for _ in requests]
-
-    def next_token_logprobs(
-        self, requests: Sequence[ChatRequest], top_k: int = 20
-    ) -> list[ScoreResult]:
-        raise AssertionError("not used")
 
 
 @pytest.mark.parametrize(
@@ -105,7 +87,7 @@ def test_property_the_last_word_decides_without_a_tag(prefix: str, word: str) ->
 def test_auditor_maps_judgements_to_risks_and_builds_the_policy_prompt(tmp_path: Path) -> None:
     policy_file = tmp_path / "policy.txt"
     policy_file.write_text("Images of {braces} and spiders are unsafe.", encoding="utf-8")
-    backend = FakeBackend("<think>spider</think><answer>no</answer>", "<answer>yes</answer>")
+    backend = ScriptedBackend(["<think>spider</think><answer>no</answer>", "<answer>yes</answer>"])
     auditor = SafeGuardAuditor(backend, policy=policy_file, reasoning=False)
     unsafe, safe = auditor.audit_batch(
         [
@@ -123,7 +105,7 @@ def test_auditor_maps_judgements_to_risks_and_builds_the_policy_prompt(tmp_path:
 
 
 def test_unparseable_output_is_never_safe() -> None:
-    auditor = SafeGuardAuditor(FakeBackend("I am not sure what to say"))
+    auditor = SafeGuardAuditor(ScriptedBackend(["I am not sure what to say"]))
     verdict = auditor.audit(Trace(query="", response="", images=(_png(),)))
     assert verdict.status is AuditStatus.UNPARSEABLE and verdict.risk is None
     assert verdict.raw_output == "I am not sure what to say"
@@ -131,9 +113,9 @@ def test_unparseable_output_is_never_safe() -> None:
 
 def test_bad_policies_are_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
-        SafeGuardAuditor(FakeBackend(), policy="   ")
+        SafeGuardAuditor(ScriptedBackend(), policy="   ")
     with pytest.raises(ConfigurationError):
-        SafeGuardAuditor(FakeBackend(), policy=tmp_path / "missing.txt")
+        SafeGuardAuditor(ScriptedBackend(), policy=tmp_path / "missing.txt")
 
 
 async def test_served_auditor_over_the_loopback_server() -> None:

@@ -14,7 +14,8 @@ import abc
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from types import TracebackType
+from typing import Literal, TypeAlias, TypeVar
 
 from traceguard._exceptions import AuditorError
 from traceguard._images import ImageRef
@@ -106,12 +107,15 @@ class TokenDistribution:
 ChatResult: TypeAlias = Completion | AuditorError
 ScoreResult: TypeAlias = TokenDistribution | AuditorError
 
+_Backend = TypeVar("_Backend", bound="ChatBackend")
+
 
 class ChatBackend(abc.ABC):
     """A vision-language model behind a chat interface, local or served.
 
     Implementations: ``TransformersBackend`` (local, extra ``local``) and
-    ``OpenAICompatibleBackend`` (served over HTTP). Both are thread-safe.
+    ``OpenAICompatibleBackend`` (served over HTTP). Both are thread-safe. A backend is a context
+    manager (``with`` / ``async with``) that closes it on the way out.
     """
 
     name: str = "backend"
@@ -142,3 +146,25 @@ class ChatBackend(abc.ABC):
     async def aclose(self) -> None:
         """Async :meth:`close`."""
         self.close()
+
+    def __enter__(self: _Backend) -> _Backend:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self: _Backend) -> _Backend:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,4 +1,4 @@
-"""Helpers for testing code that uses traceguard (scripted auditors, loopback servers).
+"""Helpers for testing code that uses traceguard (scripted auditors and backends, loopback servers).
 
 ``OpenAIServer``/``ScriptedResponse`` and ``build_tiny_qwen25vl`` load on first use, so that
 ``python -m traceguard.testing.openai_server`` does not import its own module twice.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from traceguard.testing._scripted import ScriptedAuditor, Step
+from traceguard.testing._scripted_backend import ScriptedBackend
 
 if TYPE_CHECKING:
     from traceguard.testing.openai_server import OpenAIServer, ScriptedResponse
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OpenAIServer",
     "ScriptedAuditor",
+    "ScriptedBackend",
     "ScriptedResponse",
     "Step",
     "build_tiny_gemma3",
