@@ -220,3 +220,34 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--resume", action="store_true", help="continue an interrupted run")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    add_engine_options(parser)
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Where the auditing runs: this process, or a Ray cluster (needs [ray])."""
+    engine = parser.add_argument_group("engine")
+    engine.add_argument(
+        "--engine",
+        choices=("inprocess", "ray"),
+        default="inprocess",
+        help="inprocess: audit in this process; ray: on Ray Data across machines and GPUs, "
+        "--concurrency and --batch-size per actor (needs [ray])",
+    )
+    engine.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster to join (host:6379 from `ray start --head`, or auto); default: a "
+        "local Ray started for the run",
+    )
+    engine.add_argument(
+        "--ray-actors", type=int, default=2, help="auditor actors (model replicas or clients)"
+    )
+    engine.add_argument(
+        "--ray-gpus", type=float, default=0.0, help="GPUs per actor (1 for a local model on GPUs)"
+    )
+    engine.add_argument(
+        "--ray-block-rows",
+        type=int,
+        default=256,
+        help="traces per block (the unit an actor audits and the run commits)",
+    )

@@ -40,7 +40,9 @@ from traceguard._cli_args import build_parser
 from traceguard._exceptions import ConfigurationError, TraceguardError
 
 if TYPE_CHECKING:
+    from traceguard._cli_config import CliGuard
     from traceguard.audit.summary import AuditSummary
+    from traceguard.config import GuardConfig
 
 __all__ = [
     "EXIT_AUDIT_ERRORS",
@@ -71,6 +73,13 @@ def _run(args: argparse.Namespace, out: Path, *, report: Path | None, sinks: boo
     cache: Path | None = None
     if not args.no_cache:
         cache = Path(args.cache) if args.cache else out.with_name(out.name + ".cache.sqlite")
+    if args.engine == "ray":
+        if sinks and (guard.config.sinks or guard.config.review is not None):
+            raise ConfigurationError(
+                "--engine ray does not hand decisions to the configuration's sinks or review "
+                "queue (the output file holds every one); use the in-process engine for them"
+            )
+        return _run_ray(args, out, report=report, config=guard.config, sizes=guard, cache=cache)
     auditor = guard.config.build_auditor()
     try:
         built_sinks = guard.config.build_sinks() if sinks else []
@@ -100,6 +109,39 @@ def _run(args: argparse.Namespace, out: Path, *, report: Path | None, sinks: boo
 
     # The program's top level: the one place an event loop is started.
     return asyncio.run(go())
+
+
+def _run_ray(
+    args: argparse.Namespace,
+    out: Path,
+    *,
+    report: Path | None,
+    config: GuardConfig,
+    sizes: CliGuard,
+    cache: Path | None,
+) -> AuditSummary:
+    """``--engine ray``: the same audit on Ray Data (:mod:`traceguard.audit.ray_engine`)."""
+    from traceguard.audit.ray_engine import RayOptions, run_audit_ray
+    from traceguard.audit.runner import AuditOptions
+
+    options = AuditOptions(
+        format=args.format,
+        image_root=args.image_root,
+        batch_output=args.batch_output,
+        concurrency=sizes.concurrency,
+        batch_size=sizes.batch_size,
+        resume=args.resume,
+        cache=cache,
+        report=report,
+        progress=not args.quiet,
+    )
+    ray_options = RayOptions(
+        address=args.ray_address,
+        actors=args.ray_actors,
+        gpus_per_actor=args.ray_gpus,
+        rows_per_block=args.ray_block_rows,
+    )
+    return run_audit_ray(args.inputs, out, config, options, ray_options)
 
 
 def _audit(args: argparse.Namespace) -> int:

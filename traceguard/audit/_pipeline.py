@@ -12,23 +12,39 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from traceguard._decision import Decision
 from traceguard._policy import Policy
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, ErrorInfo, Verdict
 from traceguard.audit._messages import LogItem
-from traceguard.audit._output import OutputWriter
-from traceguard.audit.cache import VerdictCache, cache_key
+from traceguard.audit.cache import cache_key
 from traceguard.audit.records import build_record, encode_record
 from traceguard.audit.summary import AuditSummary
 
-__all__ = ["Job", "Pipeline", "READER_AUDITOR"]
+__all__ = ["Job", "LineWriter", "Pipeline", "READER_AUDITOR", "VerdictStore"]
 
 READER_AUDITOR = "traceguard-reader"
 """The ``auditor`` of records for inputs that never reached an auditor (malformed lines)."""
 
 _EMPTY_TRACE = Trace(query="", response="")
+
+
+class LineWriter(Protocol):
+    """Where finished lines go, in input order: the output file (:class:`OutputWriter`), or a
+    list when a Ray worker audits one block for the driver to write."""
+
+    def write(self, line: bytes) -> None: ...
+
+
+class VerdictStore(Protocol):
+    """Verdicts by cache key: the SQLite :class:`~traceguard.audit.cache.VerdictCache`, or the
+    hits a Ray worker was handed with its block."""
+
+    def get(self, key: str) -> Verdict | None: ...
+
+    def put(self, key: str, verdict: Verdict) -> None: ...
 
 
 @dataclass
@@ -54,9 +70,9 @@ class Pipeline:
         auditor_name: str,
         mode: str,
         policy: Policy,
-        writer: OutputWriter,
+        writer: LineWriter,
         summary: AuditSummary,
-        cache: VerdictCache | None,
+        cache: VerdictStore | None,
         batch_size: int,
         window: int,
         on_write: Callable[[], None] = lambda: None,

@@ -1,0 +1,49 @@
+"""A local Ray cluster for the Ray engine's tests: started once, two CPUs, shut down at the end.
+
+The cluster's processes (GCS, raylet, workers) are children of this test process; the tests kill
+only those (a worker, or a driver subprocess they started), by process id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _ray_test_helpers import judge
+
+from traceguard.testing.openai_server import OpenAIServer
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """The address of a 2-CPU local cluster bound to loopback (for drivers in subprocesses)."""
+    context = ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+    )
+    try:
+        yield str(context.address_info["gcs_address"])
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def judge_server() -> Iterator[OpenAIServer]:
+    """The loopback OpenAI-compatible server grading each question deterministically."""
+    with OpenAIServer(responder=judge) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2.5-VL checkpoint, built once."""
+    pytest.importorskip("torch")
+    from traceguard.testing.tiny_qwen import build_tiny_qwen25vl
+
+    return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl"))
