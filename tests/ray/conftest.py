@@ -7,6 +7,7 @@ only those (a worker, or a driver subprocess they started), by process id.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from _ray_test_helpers import judge
 
 from traceguard.testing.openai_server import OpenAIServer
 
+# Ray binds a node to a remotely reachable address unless told this is a one-machine cluster;
+# tests connect to loopback only. Read when ray is imported; inherited by driver subprocesses.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 ray = pytest.importorskip("ray")
 
 
@@ -24,11 +28,12 @@ def ray_cluster() -> Iterator[str]:
     context = ray.init(
         num_cpus=2,
         include_dashboard=False,
-        _node_ip_address="127.0.0.1",
         logging_level=logging.WARNING,
     )
+    address = str(context.address_info["gcs_address"])
+    assert address.startswith("127.0.0.1:"), address
     try:
-        yield str(context.address_info["gcs_address"])
+        yield address
     finally:
         ray.shutdown()
 
