@@ -258,3 +258,17 @@ def test_the_cli_refuses_sinks_it_would_not_feed(tmp_path: Path) -> None:
     )
     assert code == 2
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_actors_start_at_different_replicas() -> None:
+    from traceguard.audit._ray_worker import _spread_endpoints
+
+    urls = ["http://gpu-a:8000/v1", "http://gpu-b:8000/v1", "http://gpu-c:8000/v1"]
+    config = {"auditor": {"kind": "guardtrace", "backend": {"kind": "served", "endpoints": urls}}}
+    firsts = {_spread_endpoints(config, n)["auditor"]["backend"]["endpoints"][0] for n in range(3)}
+    assert firsts == set(urls)
+    rotated = _spread_endpoints(config, 1)["auditor"]["backend"]["endpoints"]
+    assert rotated == urls[1:] + urls[:1]  # the others stay as fallbacks, in order
+    assert config["auditor"]["backend"]["endpoints"] == urls  # the shipped spec is not changed
+    single = {"auditor": {"kind": "baseline"}}
+    assert _spread_endpoints(single, 5) is single

@@ -60,10 +60,39 @@ class _BatchStore:
         self.fresh[key] = verdict
 
 
+def _actor_number() -> int:
+    """A number that differs between the actors of the pool (their Ray actor ids, hashed)."""
+    import zlib
+
+    import ray
+
+    actor = ray.get_runtime_context().get_actor_id() or ""
+    return zlib.crc32(actor.encode())
+
+
+def _spread_endpoints(config: dict[str, Any], number: int) -> dict[str, Any]:
+    """Start each actor at a different replica of a served backend's endpoint list.
+
+    The list is a failover order (the first URL that is up gets every request); rotated per
+    actor, N actors spread over N replicas and each keeps the others as its fallbacks.
+    """
+    auditor = config.get("auditor")
+    if not isinstance(auditor, dict) or not isinstance(auditor.get("backend"), dict):
+        return config
+    backend: dict[str, Any] = auditor["backend"]
+    endpoints = backend.get("endpoints")
+    if not isinstance(endpoints, list) or len(endpoints) < 2:
+        return config
+    shift = number % len(endpoints)
+    rotated = endpoints[shift:] + endpoints[:shift]
+    return {**config, "auditor": {**auditor, "backend": {**backend, "endpoints": rotated}}}
+
+
 class AuditWorker:
     """The callable class Ray Data instantiates once per actor (``map_batches``)."""
 
     def __init__(self, config: dict[str, Any], concurrency: int, batch_size: int) -> None:
+        config = _spread_endpoints(config, _actor_number())
         spec = GuardConfig.from_mapping(config, source="the driver's configuration")
         self.auditor: Auditor = spec.build_auditor()
         self.policy = spec.build_policy()
