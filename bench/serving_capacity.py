@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from pathlib import Path
 from typing import Any
 
 from _audit_common import RESULTS, ROOT, save
