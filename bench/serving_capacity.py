@@ -7,8 +7,9 @@ For every trace of ``examples/logs`` this renders the exact GuardTrace request t
   common figure for English under byte-level BPE tokenizers such as Qwen2.5's; an estimate,
   stated as such — no Qwen tokenizer is available offline here);
 - image tokens, exactly: Qwen2.5-VL resizes each image to multiples of 28 pixels within its
-  pixel bounds and spends one token per 28x28 patch (:func:`smart_resize`), plus the two
-  vision delimiter tokens.
+  pixel bounds and spends one token per 28x28 patch, plus the two vision delimiter tokens.
+
+The requests are the auditor's own: a recording backend stands in for the model.
 
 It also reads the client overhead measured by ``bench/served_throughput.py`` (its results
 file), so ``docs/serving.md`` can derive its capacity table from figures measured here. GPU
@@ -23,27 +24,59 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 from _audit_common import RESULTS, ROOT, save
 
-from traceguard._images import ImageAccess
-from traceguard.audit.runner import common_image_root, open_readers
-from traceguard.auditors._guardtrace_format import build_guardtrace_request
-from traceguard.auditors._guardtrace_prompts import PromptSet
-from traceguard.backends._base import ImagePart, TextPart
-from traceguard.backends._qwen_vision import smart_resize
+from traceguard import GuardTraceAuditor, ImageAccess
+from traceguard.audit import common_image_root
+from traceguard.audit.runner import open_readers
+from traceguard.backends import ChatBackend, ChatRequest, Completion, ImagePart, TextPart
 
 VISION_DELIMITERS = 2
 """``<|vision_start|>`` and ``<|vision_end|>`` around each image's patch tokens."""
 CHAT_TEMPLATE_TOKENS = 12
 """Role markers of a two-message chat (``<|im_start|>system\\n`` ... ``<|im_end|>``), about."""
+PATCH = 28
+MIN_PIXELS = 4 * PATCH * PATCH
+MAX_PIXELS = 16384 * PATCH * PATCH
+"""Qwen2.5-VL's default pixel bounds (what a server uses unless told otherwise)."""
 
 
-def _image_tokens(width: int, height: int) -> int:
-    new_h, new_w = smart_resize(height, width)
-    return new_h * new_w // (28 * 28) + VISION_DELIMITERS
+def _image_tokens(width: int, height: int, max_pixels: int = MAX_PIXELS) -> int:
+    """Qwen2.5-VL's count: the image is resized to sides that are multiples of 28, its area
+    kept within the pixel bounds, and each 28x28 patch becomes one token."""
+    rows, cols = max(1, round(height / PATCH)), max(1, round(width / PATCH))
+    if rows * cols * PATCH * PATCH > max_pixels:
+        scale = (height * width / max_pixels) ** 0.5
+        rows = max(1, math.floor(height / scale / PATCH))
+        cols = max(1, math.floor(width / scale / PATCH))
+    elif rows * cols * PATCH * PATCH < MIN_PIXELS:
+        scale = (MIN_PIXELS / (height * width)) ** 0.5
+        rows, cols = math.ceil(height * scale / PATCH), math.ceil(width * scale / PATCH)
+    return rows * cols + VISION_DELIMITERS
+
+
+class _Recorder(ChatBackend):
+    """A backend that keeps the requests the auditor sends and answers "safe"."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.requests: list[ChatRequest] = []
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[Any]:
+        self.requests.extend(requests)
+        answer = "\u201cAnalysis\u201d: recorded.\n\u201cJudgment\u201d: 0"
+        return [Completion(text=answer, latency_ms=0.0, model="recorder") for _ in requests]
+
+    def next_token_logprobs(
+        self, requests: Sequence[ChatRequest], top_k: int = 20
+    ) -> list[Exception]:  # type: ignore[override]
+        raise NotImplementedError("full mode only")
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -57,44 +90,35 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 def measure(chars_per_token: float) -> dict[str, Any]:
     readers = open_readers(ROOT / "examples" / "logs")
-    access = ImageAccess(root=common_image_root(readers))
-    prompts = PromptSet.default()
+    recorder = _Recorder()
+    auditor = GuardTraceAuditor(recorder, image_access=ImageAccess(root=common_image_root(readers)))
+    traces = [item.trace for reader in readers for item in reader.items() if item.trace]
+    auditor.audit_batch(traces)  # the requests the auditor sends, recorded
     text_tokens: list[float] = []
     image_tokens: list[float] = []
     chars: list[float] = []
-    traces = with_images = 0
-    for reader in readers:
-        for item in reader.items():
-            if item.trace is None:
-                continue
-            loaded = []
-            for ref in item.trace.images:
-                try:
-                    loaded.append(ref.load(access))
-                except Exception:
-                    loaded.append(None)  # the auditor sends the placeholder text instead
-            request = build_guardtrace_request(
-                item.trace, prompts, images=loaded, max_new_tokens=2000
-            )
-            text = ""
-            pictures = 0
-            for message in request.messages:
-                for part in message.content:
-                    if isinstance(part, TextPart):
-                        text += part.text
-                    elif isinstance(part, ImagePart):
-                        pictures += _image_tokens(*part.image.to_pil().size)
-            traces += 1
-            with_images += bool(pictures)
-            chars.append(len(text))
-            text_tokens.append(len(text) / chars_per_token + CHAT_TEMPLATE_TOKENS)
-            image_tokens.append(pictures)
+    system_chars = 0
+    with_images = 0
+    for request in recorder.requests:
+        text = ""
+        pictures = 0
+        for message in request.messages:
+            for part in message.content:
+                if isinstance(part, TextPart):
+                    text += part.text
+                    if message.role == "system":
+                        system_chars = max(system_chars, len(part.text))
+                elif isinstance(part, ImagePart):
+                    pictures += _image_tokens(*part.image.to_pil().size)
+        with_images += bool(pictures)
+        chars.append(len(text))
+        text_tokens.append(len(text) / chars_per_token + CHAT_TEMPLATE_TOKENS)
+        image_tokens.append(pictures)
     prompt_tokens = [t + i for t, i in zip(text_tokens, image_tokens, strict=True)]
-    system_chars = len(prompts.system_prompt(binary=False))
     served = json.loads((RESULTS / "served_throughput.json").read_text(encoding="utf-8"))
     return {
         "benchmark": "serving_capacity",
-        "traces": traces,
+        "traces": len(recorder.requests),
         "traces_with_images": with_images,
         "chars_per_token": chars_per_token,
         "system_prompt_chars": system_chars,
