@@ -51,4 +51,4 @@ def tiny_qwen_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     from traceguard.testing.tiny_qwen import build_tiny_qwen25vl
 
-    return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl"))
+    return build_tiny_qwen25vl(tmp_path_factory.mktemp("ray-tiny-qwen"))
