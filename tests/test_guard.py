@@ -39,9 +39,11 @@ def test_safe_is_allowed_unchanged() -> None:
 
 
 def test_potentially_harmful_is_redacted() -> None:
-    decision = guard(0.5).check(TRACE)
+    # The second step grades the redacted output (the response alone): safe, so it stands.
+    decision = guard(0.5, 0).check(TRACE)
     assert decision.action is Action.REDACT
     assert (decision.thinking, decision.response) == (None, "answer")
+    assert decision.reason.endswith("redaction check: response alone allowed")
 
 
 def test_refuse_redaction_replaces_the_response() -> None:
@@ -132,7 +134,7 @@ def test_a_wrong_number_of_verdicts_is_an_auditor_error() -> None:
 
 def test_escalation_with_redact_fallback_returns_redacted() -> None:
     policy = Policy(auditor_error=Action.ESCALATE, escalation_fallback=Action.REDACT)
-    decision = guard(Step(error="timeout"), policy=policy).check(TRACE)
+    decision = guard(Step(error="timeout"), 0, policy=policy).check(TRACE)
     assert decision.escalated and decision.redacted
     assert (decision.thinking, decision.response) == (None, "answer")
 

@@ -17,6 +17,7 @@ from traceguard._auditor import Auditor
 from traceguard._decision import Decision, ReviewOutcome
 from traceguard._exceptions import AuditorError, Blocked, ConfigurationError, Escalated
 from traceguard._policy import Policy
+from traceguard._redaction_check import DecisionFlow
 from traceguard._sinks import AuditRecord, BackgroundSink, Sink
 from traceguard._tools import ToolContext, tool_call_trace
 from traceguard._trace import ToolCall, Trace
@@ -119,8 +120,7 @@ class Guard:
                 ``on_escalate="wait"``: no reviewer decided within ``review_timeout``).
             Blocked: the policy blocked the output, or a reviewer rejected it.
         """
-        verdict = self._audit_sync([trace])[0]
-        decision = self._settle(trace, verdict)
+        decision = self._settle(trace, self._decide_sync([trace])[0])
         if self._holds(decision):
             assert decision.escalation_id is not None
             decision = _reviewed(decision, self.wait_for_review(decision.escalation_id), trace)
@@ -129,8 +129,7 @@ class Guard:
     async def acheck(self, trace: Trace) -> Decision:
         """Async :meth:`check`; same rules, same outcome. Waiting for a reviewer never blocks
         the event loop."""
-        verdict = (await self._audit_async([trace]))[0]
-        decision = await self._asettle(trace, verdict)
+        decision = await self._asettle(trace, (await self._decide_async([trace]))[0])
         if self._holds(decision):
             assert decision.escalation_id is not None
             outcome = await self.await_review(decision.escalation_id)
@@ -148,8 +147,8 @@ class Guard:
         handles the review itself, as the LangGraph gate does by pausing the graph).
         """
         traces = list(traces)
-        verdicts = self._audit_sync(traces)
-        decisions = [self._settle(t, v) for t, v in zip(traces, verdicts, strict=True)]
+        decided = self._decide_sync(traces)
+        decisions = [self._settle(t, d) for t, d in zip(traces, decided, strict=True)]
         deadline = time.monotonic() + self.review_timeout
         for index, (trace, decision) in enumerate(zip(traces, decisions, strict=True)):
             if self._holds(decision, wait_for_review):
@@ -164,8 +163,8 @@ class Guard:
     ) -> list[Decision]:
         """Async :meth:`check_batch`; never raises :class:`Blocked`."""
         traces = list(traces)
-        verdicts = await self._audit_async(traces)
-        decisions = [await self._asettle(t, v) for t, v in zip(traces, verdicts, strict=True)]
+        decided = await self._decide_async(traces)
+        decisions = [await self._asettle(t, d) for t, d in zip(traces, decided, strict=True)]
         held = [i for i, d in enumerate(decisions) if self._holds(d, wait_for_review)]
         if held:
             outcomes = await asyncio.gather(
@@ -329,20 +328,32 @@ class Guard:
     def _name(self) -> str:
         return getattr(self.auditor, "name", type(self.auditor).__name__)
 
-    def _settle(self, trace: Trace, verdict: Verdict) -> Decision:
-        """Decide and record: the one code path behind every check method."""
-        decision = self.policy.decide(verdict, trace)
+    def _decide_sync(self, traces: list[Trace]) -> list[Decision]:
+        """Audit and decide, redaction checks included (:mod:`traceguard._redaction_check`)."""
+        flow = DecisionFlow(self.policy, traces, self._audit_sync(traces))
+        if flow.checks:
+            flow.resolve(self._audit_sync(flow.checks))
+        return flow.decisions
+
+    async def _decide_async(self, traces: list[Trace]) -> list[Decision]:
+        flow = DecisionFlow(self.policy, traces, await self._audit_async(traces))
+        if flow.checks:
+            flow.resolve(await self._audit_async(flow.checks))
+        return flow.decisions
+
+    def _settle(self, trace: Trace, decision: Decision) -> Decision:
+        """Number an escalation and record: the one code path behind every check method."""
         if decision.escalated:
             decision = dataclasses.replace(decision, escalation_id=_new_escalation_id(trace))
         if self.sinks:
             self._record(trace, decision)
         return decision
 
-    async def _asettle(self, trace: Trace, verdict: Verdict) -> Decision:
+    async def _asettle(self, trace: Trace, decision: Decision) -> Decision:
         if not self._needs_thread():
-            return self._settle(trace, verdict)
+            return self._settle(trace, decision)
         # A file or SQLite sink does blocking I/O; keep it off the event loop.
-        return await asyncio.to_thread(self._settle, trace, verdict)
+        return await asyncio.to_thread(self._settle, trace, decision)
 
     def _holds(self, decision: Decision, wait: bool | None = None) -> bool:
         """True when this decision waits for a reviewer before it is acted on."""

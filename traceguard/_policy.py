@@ -24,6 +24,11 @@ function, :meth:`Policy.decide`. How a verdict becomes an action:
    tool call a ``redact`` fallback holds it as block. A tool call held back carries
    ``Decision.tool_message`` (the tool result the model gets) or, when the tool section (or the
    matching rule) says ``on_block: stop``, ``Decision.stop_run``.
+7. A redaction (or an escalation held as redact) that keeps the response is checked
+   (``redaction.check``, default on): the :class:`~traceguard.Guard` audits the redacted output
+   once more, and unless the policy would allow it as it is, the decision becomes
+   ``redaction.on_unsafe`` (refuse or block). :meth:`Policy.decide` itself stays one pure step;
+   the check lives in :mod:`traceguard._redaction_check`.
 
 ``allow`` for a failed status, or as ``escalation_fallback``, is legal but **fails open**: an
 output nobody could grade reaches the caller. It must be spelled out, and is logged as a warning
@@ -115,10 +120,18 @@ class Redaction(_Config):
     response with ``refusal_message``. Under ``drop_thinking`` a trace *without* thinking falls
     back to ``refuse``: removing nothing would pass the flagged response unchanged, which is an
     allow in disguise. Pick ``refuse`` outright when the response itself may carry the harm.
+
+    ``check`` (default on) audits a redacted output that keeps the response once more, as the
+    caller would get it (no thinking): unless the policy would allow it, the decision becomes
+    ``on_unsafe`` (the refusal, or a block). See :mod:`traceguard._redaction_check`.
     """
 
     strategy: Literal["drop_thinking", "refuse"] = "drop_thinking"
     refusal_message: str = "I can't help with that request."
+    check: bool = True
+    """Re-audit a redacted output that keeps the response; costs one auditor call per such trace."""
+    on_unsafe: Literal["refuse", "block"] = "refuse"
+    """What a redacted output that is still not safe becomes."""
 
 
 class Policy(_Config):

@@ -123,8 +123,9 @@ async def test_async_agent_loop_blocks_the_final_answer() -> None:
 
 def test_guarded_model_redacts_inside_the_agent_loop() -> None:
     # Every step is "potentially harmful" under drop_thinking: the agent keeps working, and the
-    # thinking never enters the conversation state.
-    auditor = ScriptedAuditor(rule=lambda trace: 0.5)
+    # thinking never enters the conversation state. The redacted outputs (checked again, without
+    # their thinking) are safe.
+    auditor = ScriptedAuditor(rule=lambda t: 0 if t.metadata.get("redaction_check") else 0.5)
     guarded = guard_runnable(script(), Guard(auditor, Policy()))
     agent = create_agent(guarded, tools=[get_weather])
     state = agent.invoke({"messages": [HumanMessage("Weather in Paris?")]})
@@ -139,7 +140,7 @@ def test_guarded_model_redacts_inside_the_agent_loop() -> None:
     assert messages[1].tool_calls[0]["name"] == "get_weather"
     assert "reasoning_content" not in messages[1].additional_kwargs
     assert messages[-1].content == "It is sunny in Paris."
-    assert len(auditor.seen) == 2
+    assert len(auditor.seen) == 4  # each turn, then its redacted output
 
 
 def test_guarded_model_refusal_drops_tool_calls_so_the_loop_ends() -> None:

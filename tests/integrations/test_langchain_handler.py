@@ -214,7 +214,7 @@ def test_redact_raises_by_default_and_passes_with_on_redact_allow(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     reasoned = AIMessage(content="ok", additional_kwargs={"reasoning_content": "risky plan"})
-    _, _, guard = make([0.5, 0.5])
+    _, _, guard = make([0.5, 0, 0.5, 0])  # each redaction, then its check
     with pytest.raises(Blocked) as info:
         fake(reasoned).invoke("hi", config={"callbacks": [TraceguardCallbackHandler(guard)]})
     assert info.value.decision.action.value == "redact"

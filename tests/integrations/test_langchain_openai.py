@@ -79,7 +79,7 @@ def test_chat_openai_stream_is_stopped_by_the_handler(server: OpenAIServer) -> N
 
 def test_think_tags_kept_in_content_are_audited_and_redacted(server: OpenAIServer) -> None:
     server.enqueue(ScriptedResponse.json(chat_completion("<think>private plan</think>\nDone.")))
-    auditor = ScriptedAuditor([0.5])
+    auditor = ScriptedAuditor([0.5, 0])  # the redaction, then its check
     reply = guard_runnable(chat(server), Guard(auditor)).invoke("q")
     assert auditor.seen[0].thinking == "private plan"
     assert reply.content == "Done."
@@ -90,7 +90,7 @@ def test_responses_api_reasoning_summaries_are_audited_and_redacted(server: Open
         ScriptedResponse.json(responses_response("Done.", reasoning_summary="summary of a plan")),
         path="/v1/responses",
     )
-    auditor = ScriptedAuditor([0.5])
+    auditor = ScriptedAuditor([0.5, 0])  # the redaction, then its check
     model = chat(server, use_responses_api=True)
     reply = guard_runnable(model, Guard(auditor)).invoke("q")
     assert auditor.seen[0].thinking == "summary of a plan"

@@ -105,7 +105,7 @@ def test_allow_returns_the_answer_unchanged() -> None:
 
 
 def test_redact_drops_thinking_from_every_place() -> None:
-    model, _ = guarded(reasoned(), steps=[0.5])
+    model, _ = guarded(reasoned(), steps=[0.5, 0])  # the redaction, then its check
     out = model.invoke("q")
     assert_no_thinking(out)
     assert out.text == "The answer."
@@ -114,7 +114,7 @@ def test_redact_drops_thinking_from_every_place() -> None:
 def test_redact_of_think_tags_in_a_string() -> None:
     model = guard_runnable(
         GenericFakeChatModel(messages=iter(["<think>secret</think>\nvisible"])),
-        Guard(ScriptedAuditor([0.5])),
+        Guard(ScriptedAuditor([0.5, 0])),
     )
     assert model.invoke("q").content == "visible"
 
@@ -132,7 +132,7 @@ def test_refusal_replaces_the_answer_and_drops_tool_calls() -> None:
 def test_redacted_stream_is_one_clean_chunk_in_buffer_mode() -> None:
     call = tool_call_chunk(name="search", args='{"q": 1}', id="c", index=0)
     script = [*reasoned(), AIMessageChunk(content="", tool_call_chunks=[call])]
-    model, _ = guarded(script, steps=[0.5])
+    model, _ = guarded(script, steps=[0.5, 0])
     chunks = list(model.stream("q"))
     content_chunks = [c for c in chunks if c.content or c.tool_call_chunks]
     assert len(content_chunks) == 1

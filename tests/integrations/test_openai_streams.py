@@ -176,7 +176,7 @@ async def test_buffer_holds_every_chunk_until_the_audit(server: OpenAIServer, cl
 
 
 async def test_buffer_redacts_reasoning_deltas(server: OpenAIServer, client: Any) -> None:
-    guarded(client, 0, 0.5)
+    guarded(client, 0, 0.5, 0)  # thinking, whole output, then the redaction's check
     chat_stream(server, content="The end.", reasoning_content="Dark secret plan here.")
     stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
     chunks = await drain(stream)
@@ -198,13 +198,14 @@ async def test_early_redaction_of_thinking_survives_a_safe_final_audit(
 
 
 async def test_think_tags_split_across_chunks(server: OpenAIServer, client: Any) -> None:
-    auditor = guarded(client, 0, 0.5)
+    auditor = guarded(client, 0, 0.5, 0)
     pieces = ["<th", "ink>I will", " plan</th", "ink>\n\nThe ", "answer."]
     chat_stream(server, content=pieces)
     stream = await call(client.chat.completions.create, model="m", messages=USER, stream=True)
     chunks = await drain(stream)
-    assert auditor.seen[-1].thinking == "I will plan"
-    assert auditor.seen[-1].response == "The answer."
+    assert auditor.seen[-2].thinking == "I will plan"  # the last is the redaction's check
+    assert auditor.seen[-2].response == "The answer."
+    assert auditor.seen[-1].thinking is None
     assert text_of(chunks) == "The answer."
     assert "think" not in text_of(chunks)
 
@@ -548,7 +549,7 @@ async def test_responses_stream_buffer_allow_and_redact(server: OpenAIServer, cl
         "The answer is 4.",
     )
 
-    auditor.enqueue(0, 0.5)
+    auditor.enqueue(0, 0.5, 0)  # thinking, whole output, the redaction's check
     responses_stream(server, "The answer is 4.", reasoning_summary="Add two and two.")
     stream = await call(client.responses.create, model="m", input="2+2?", stream=True)
     events = await drain(stream)

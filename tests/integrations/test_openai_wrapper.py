@@ -112,7 +112,7 @@ async def test_allow_returns_the_sdk_result_unchanged(server: OpenAIServer, clie
 async def test_redact_drops_the_reasoning_field(
     server: OpenAIServer, client: Any, field: str
 ) -> None:
-    guarded(client, 0.5)
+    guarded(client, 0.5, 0)  # the redaction, then its check
     answer(server, chat_completion("Knead it.", **{field: "A risky plan."}))
     result = await call(client.chat.completions.create, model="m", messages=USER)
 
@@ -124,7 +124,7 @@ async def test_redact_drops_the_reasoning_field(
 
 
 async def test_think_tags_are_split_and_redacted(server: OpenAIServer, client: Any) -> None:
-    _, auditor = guarded(client, 0, 0.5)
+    _, auditor = guarded(client, 0, 0.5, 0)
     payload = chat_completion("<think>Step one, step two.</think>\n\nBake at 220C.")
     answer(server, payload)
     allowed = await call(client.chat.completions.create, model="m", messages=USER)
@@ -217,7 +217,7 @@ async def test_escalation_held_as_redact_returns_a_redacted_result(
     server: OpenAIServer, client: Any
 ) -> None:
     sink = ListSink()
-    auditor = ScriptedAuditor([Step(error="down")])
+    auditor = ScriptedAuditor([Step(error="down"), 0])  # the escalation, then the check
     policy = Policy(escalation_fallback=Action.REDACT)
     guard_openai(client, Guard(auditor, policy, sinks=(sink,)))
     answer(server, chat_completion("Answer.", reasoning_content="Private thoughts."))
@@ -280,7 +280,7 @@ async def test_responses_extraction_and_allow(server: OpenAIServer, client: Any)
 
 
 async def test_responses_redact_block_and_refusal(server: OpenAIServer, client: Any) -> None:
-    handle, auditor = guarded(client, 0.5)
+    handle, auditor = guarded(client, 0.5, 0)
     payload = responses_response(
         "Answer.", reasoning_summary="Plan.", tool_calls=[{"name": "lookup", "arguments": {}}]
     )
