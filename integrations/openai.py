@@ -42,6 +42,9 @@ Streams (``stream=True``) stay ``openai.Stream`` / ``openai.AsyncStream`` instan
   answer token after reasoning deltas), the thinking alone is audited; if that blocks, the
   upstream connection is closed at once, instead of paying for the rest of the generation.
   This costs one extra audit per streamed answer that exposes its thinking.
+- checkpoints (``Guard(..., checkpoints=AuditSchedule(...))``): the thinking is also audited
+  while it streams, in the background, and a blocking checkpoint closes the upstream at once
+  (README, "Mid-stream auditing").
 
 Not covered: ``with_raw_response`` / ``with_streaming_response`` (raw HTTP access; passed through
 unaudited with a warning), ``chat.completions.parse`` / ``.stream`` helpers, and copies made by
@@ -217,7 +220,7 @@ class GuardedClient:
             adapter = ChatStreamAdapter(context, track_increments=self.options.mode == "buffer")
         else:
             adapter = ResponsesStreamAdapter(context)
-        return StreamState(adapter, self.options)
+        return StreamState(adapter, self.options, checkpoints=self.guard.checkpoints)
 
     def apply(self, result: Any, traces: Sequence[Trace], decisions: Sequence[Decision]) -> Any:
         """The result the caller gets under ``decisions``, or raise when it is blocked."""

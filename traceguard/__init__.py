@@ -5,6 +5,7 @@ The public surface is re-exported here; modules starting with ``_`` are private.
 
 from traceguard import taxonomy
 from traceguard._auditor import Auditor
+from traceguard._checkpoints import AuditSchedule
 from traceguard._decision import Action, Decision, ReviewOutcome
 from traceguard._exceptions import (
     AuditorError,
@@ -76,6 +77,7 @@ __all__ = [
     "Action",
     "AuditOptions",
     "AuditRecord",
+    "AuditSchedule",
     "AuditStatus",
     "AuditSummary",
     "Auditor",

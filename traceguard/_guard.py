@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
 import os
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from typing import Literal, cast
 
 from traceguard._auditor import Auditor
+from traceguard._checkpoints import AuditSchedule, checkpoint_auditor
 from traceguard._decision import Decision, ReviewOutcome
 from traceguard._exceptions import AuditorError, Blocked, ConfigurationError, Escalated
 from traceguard._policy import Policy
@@ -51,6 +53,10 @@ class Guard:
 
     The guard does not own the auditor: :meth:`close` flushes and closes the sinks only, unless
     ``owns_auditor`` is True (a guard built from a configuration, :meth:`from_config`).
+
+    ``checkpoints`` (an :class:`~traceguard.AuditSchedule`) makes every streaming integration
+    audit the partial output while the model is still writing it, and stop the upstream as soon
+    as a checkpoint blocks (see the README's "Mid-stream auditing").
     """
 
     def __init__(
@@ -64,6 +70,7 @@ class Guard:
         owns_auditor: bool = False,
         on_escalate: Literal["fallback", "wait"] = "fallback",
         review_timeout: float = 300.0,
+        checkpoints: AuditSchedule | None = None,
     ) -> None:
         if on_escalate not in ("fallback", "wait"):
             raise ConfigurationError(
@@ -89,6 +96,27 @@ class Guard:
             )
         self._errors_lock = threading.Lock()
         self._sink_errors = 0
+        self.checkpoints = checkpoints
+        """When streams are audited before they end; None: only complete thinking and output."""
+        self._checkpoint_guard: Guard | None = None
+
+    @property
+    def checkpoint_guard(self) -> Guard:
+        """The guard checkpoint audits go through: this one's policy, sinks and review settings
+        with the checkpoint auditor (the schedule's, else :func:`checkpoint_auditor` of this
+        guard's: a GuardTrace auditor in full mode scores checkpoints in score mode)."""
+        if self._checkpoint_guard is None:
+            chosen = self.checkpoints.auditor if self.checkpoints is not None else None
+            auditor = chosen if chosen is not None else checkpoint_auditor(self.auditor)
+            if auditor is self.auditor:
+                self._checkpoint_guard = self
+            else:
+                twin = copy.copy(self)
+                twin.auditor = auditor
+                twin.owns_auditor = False  # this guard closes what it owns
+                twin._checkpoint_guard = twin
+                self._checkpoint_guard = twin
+        return self._checkpoint_guard
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str]) -> Guard:
@@ -228,12 +256,23 @@ class Guard:
         self._close_sinks()
         if self.owns_auditor:
             self.auditor.close()
+            extra = self._owned_checkpoint_auditor()
+            if extra is not None:
+                extra.close()
 
     async def aclose(self) -> None:
         """Async :meth:`close`; waits for background sinks in a worker thread."""
         await asyncio.to_thread(self._close_sinks)
         if self.owns_auditor:
             await self.auditor.aclose()
+            extra = self._owned_checkpoint_auditor()
+            if extra is not None:
+                await extra.aclose()
+
+    def _owned_checkpoint_auditor(self) -> Auditor | None:
+        """A checkpoint auditor of its own, built with this guard (from a configuration)."""
+        chosen = self.checkpoints.auditor if self.checkpoints is not None else None
+        return chosen if chosen is not None and chosen is not self.auditor else None
 
     def _close_sinks(self) -> None:
         for sink in self.sinks:

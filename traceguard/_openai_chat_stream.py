@@ -82,6 +82,8 @@ class ChatStreamAdapter:
         )
         if stage is Stage.THINKING:
             response, calls = "", ()
+        elif stage is Stage.CHECKPOINT:
+            calls = ()  # arguments still being written
         return output_trace(
             self.context,
             response=response,
@@ -98,6 +100,12 @@ class ChatStreamAdapter:
                 state.early_done = True
                 traces.append(self._trace(index, state, stage=Stage.THINKING))
         return traces
+
+    def reasoning_streams(self) -> Mapping[int, ReasoningStream]:
+        return {index: state.reasoning for index, state in self._choices.items()}
+
+    def checkpoint_traces(self, choices: Sequence[int]) -> list[Trace]:
+        return [self._trace(i, self._choices[i], stage=Stage.CHECKPOINT) for i in choices]
 
     def final_traces(self) -> list[Trace]:
         if not self._choices:

@@ -66,6 +66,16 @@ class ResponsesStreamAdapter:
             )
         ]
 
+    def reasoning_streams(self) -> Mapping[int, ReasoningStream]:
+        return {0: self._reasoning}
+
+    def checkpoint_traces(self, choices: Sequence[int]) -> list[Trace]:
+        thinking, text = self._reasoning.result()
+        return [
+            output_trace(self.context, response=text, thinking=thinking, stage=Stage.CHECKPOINT)
+            for _ in choices[:1]
+        ]
+
     def final_traces(self) -> list[Trace]:
         output = getattr(self._response, "output", None)
         if getattr(self._response, "status", None) == "completed" and output:

@@ -37,6 +37,7 @@ __all__ = [
 _OPEN = "<think>"
 _CLOSE = "</think>"
 _LONGEST_TAG = len(_CLOSE)
+_TAIL_CHARS = 32
 # ASCII-only case folding on both paths: full Unicode folding would read "<thin\u212a>" (Kelvin
 # sign) as a tag in one path and not the other.
 _TAG_RE = re.compile(r"(</?think>)", re.IGNORECASE | re.ASCII)
@@ -365,6 +366,8 @@ class ReasoningStream:
         self._reasoning_key: object = None
         self._reasoning_open = False
         self._cache: tuple[str | None, str] | None = None
+        self._fed = 0
+        self._tail = ""
 
     # -- feeding --------------------------------------------------------------------------
 
@@ -373,6 +376,7 @@ class ReasoningStream:
         if not piece:
             return
         self._cache = None
+        self._count(piece)
         self._scanner.feed(piece)
         if piece.strip():
             self._reasoning_open = False
@@ -444,13 +448,41 @@ class ReasoningStream:
 
     def _feed_reasoning(self, piece: str, key: object) -> None:
         self._cache = None
+        self._count(piece)
         if not self._reasoning or (key != self._reasoning_key and "".join(self._reasoning[-1])):
             self._reasoning.append([])
         self._reasoning_key = key
         self._reasoning[-1].append(piece)
         self._reasoning_open = True
 
+    def _count(self, piece: str) -> None:
+        self._fed += len(piece)
+        self._tail = (self._tail + piece)[-_TAIL_CHARS:]
+
     # -- reading --------------------------------------------------------------------------
+
+    @property
+    def fed_chars(self) -> int:
+        """Characters fed so far, thinking and response alike: how far the output has grown.
+
+        Counted as pieces arrive (O(1) to read), for checkpoint schedules.
+        """
+        return self._fed
+
+    @property
+    def tail(self) -> str:
+        """The last few characters fed (at most 32), for spotting sentence ends cheaply."""
+        return self._tail
+
+    @property
+    def thinking_open(self) -> bool:
+        """True while the model is visibly reasoning: inside a ``<think>`` block, or after an
+        explicit reasoning delta with no response text since.
+
+        Reasoning that only a later lone ``</think>`` reveals (an R1-style template that
+        pre-inserts the opening tag) reads as response until then.
+        """
+        return self._segments.inside or self._reasoning_open
 
     def result(self) -> tuple[str | None, str]:
         """``(thinking, response)`` for everything fed so far."""

@@ -1,9 +1,9 @@
 """A guarded stream's rules, without any I/O: chunks in, traces and chunks out.
 
-Every API-specific stream (OpenAI chat and Responses today; the proxy's SSE and incremental
-auditing next) supplies a :class:`StreamAdapter` that reads and rewrites its chunks; the I/O
-shells only move chunks and await audits. What to hold back, what to audit when, and what to
-emit lives here, once.
+Every API-specific stream (OpenAI chat and Responses, the proxy's SSE) supplies a
+:class:`StreamAdapter` that reads and rewrites its chunks; the I/O shells only move chunks and
+await audits. What to hold back, what to audit when (including the checkpoints of an
+:class:`~traceguard._checkpoints.AuditSchedule`), and what to emit lives here, once.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
+from traceguard._checkpoints import AuditSchedule, CheckpointClock
 from traceguard._decision import Decision
 from traceguard._exceptions import Blocked, Escalated
+from traceguard._reasoning import ReasoningStream
 from traceguard._trace import Stage, Trace
 
 __all__ = [
@@ -87,6 +89,13 @@ class StreamAdapter(Protocol[C]):
     def thinking_finished(self) -> list[Trace]:
         """Traces of thinking that just completed (each choice at most once)."""
 
+    def reasoning_streams(self) -> Mapping[int, ReasoningStream]:
+        """Each output's accumulated text so far, by choice index (for checkpoint schedules)."""
+
+    def checkpoint_traces(self, choices: Sequence[int]) -> list[Trace]:
+        """:attr:`Stage.CHECKPOINT` traces of these outputs as they are now: the thinking and
+        the response so far, no tool calls (their arguments are still being written)."""
+
     def final_traces(self) -> list[Trace]:
         """One trace per output, for everything fed."""
 
@@ -105,17 +114,34 @@ class StreamState(Generic[C]):
     :meth:`after_early` (a non-None result means: close upstream, release it, stop). At the end
     audit :meth:`final_traces` and release :meth:`after_final`.
 
+    With a checkpoint schedule, also call :meth:`checkpoint_traces` after each chunk: traces it
+    returns are audited *in the background* while chunks keep flowing, and their decisions go
+    to :meth:`after_checkpoint` as soon as they are in (same result as :meth:`after_early`). It
+    returns nothing while a checkpoint audit is in flight (:attr:`checkpoint_in_flight`), so
+    audits never queue up. Before an early or final audit, wait for a checkpoint in flight and
+    hand its decisions over first: a stream never has two audits running.
+
     When the stream ends any other way (the caller closes it, the upstream fails), audit
     :meth:`partial_traces` if any and pass the decisions to :meth:`after_partial`: what the
     caller was already shown is audited and recorded all the same, exactly once, never raising.
     """
 
-    def __init__(self, adapter: StreamAdapter[C], options: StreamOptions) -> None:
+    def __init__(
+        self,
+        adapter: StreamAdapter[C],
+        options: StreamOptions,
+        *,
+        checkpoints: AuditSchedule | None = None,
+    ) -> None:
         self.adapter = adapter
         self.options = options
         self.decisions: list[Decision] = []
         """Every decision taken on this stream, early ones first."""
         self.stopped_early = False
+        self.stopped_at: Stage | None = None
+        """The stage of the audit that stopped the stream (checkpoint, thinking, final)."""
+        self.clock = None if checkpoints is None else CheckpointClock(checkpoints)
+        self._in_flight = False
         self._shown = False  # a chunk reached the caller before any audit covered it
         self._concluded = False  # an audit covering the output ran (or is running)
         self._buffer: list[C] = []
@@ -147,7 +173,49 @@ class StreamState(Generic[C]):
             for trace, decision in zip(self._early, decisions, strict=True):
                 self._early_edits[_choice(trace)] = edit_for(trace, decision, self.options.refusal)
             return None
+        return self._stop(blocked, Stage.THINKING)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    @property
+    def checkpoint_in_flight(self) -> bool:
+        """True between :meth:`checkpoint_traces` returning traces and :meth:`after_checkpoint`."""
+        return self._in_flight
+
+    def checkpoint_traces(self) -> list[Trace]:
+        """Partial output to audit in the background now; empty when no checkpoint is due, one
+        is already in flight, or the stream is decided. Call after every chunk."""
+        if self.clock is None or self._concluded:
+            return []
+        streams = self.adapter.reasoning_streams()
+        due = self.clock.due(streams)
+        if not due or self._in_flight:
+            return []
+        self.clock.taken({choice: streams[choice] for choice in due})
+        self._in_flight = True
+        number = self.clock.count
+        return [
+            dataclasses.replace(trace, metadata={**trace.metadata, "checkpoint": number})
+            for trace in self.adapter.checkpoint_traces(due)
+        ]
+
+    def after_checkpoint(self, decisions: Sequence[Decision]) -> list[C] | None:
+        """A checkpoint's decisions: None to go on; else the chunks that end the stream (the
+        upstream must be closed). Raises :class:`Blocked` when blocks are errors.
+
+        Only a block acts mid-stream. Any other decision is recorded (``decisions``, the
+        sinks); the final audit sees all of that thinking and more, and decides the output.
+        """
+        self._in_flight = False
+        self.decisions.extend(decisions)
+        blocked = next((d for d in decisions if d.blocked), None)
+        if blocked is None or self._concluded:
+            return None
+        return self._stop(blocked, Stage.CHECKPOINT)
+
+    def _stop(self, blocked: Decision, stage: Stage) -> list[C]:
         self.stopped_early = True
+        self.stopped_at = stage
         self._concluded = True
         self._buffer.clear()
         if self.options.on_block == "raise":

@@ -189,6 +189,26 @@ class GuardTraceAuditor(Auditor):
             top_k=top_k,
         )
 
+    def for_checkpoints(self) -> GuardTraceAuditor:
+        """The auditor for mid-stream checkpoints: this one in score mode on the same backend
+        (one prefill per checkpoint, no decoding; a backend that keeps the prefix of the last
+        checkpoint computes only the new text). Itself when it already scores."""
+        if self.mode == "score":
+            return self
+        default = f"guardtrace:{self.backend.name}"
+        return GuardTraceAuditor(
+            self.backend,
+            mode="score",
+            prompts=self.prompts,
+            image_access=self.image_access,
+            on_image_error=self.on_image_error,
+            max_new_tokens=self.max_new_tokens,
+            name=None if self.name == default else f"{self.name}:score",
+            score_prefix=self.score_prefix,
+            min_mass=self.min_mass,
+            top_k=self.top_k,
+        )
+
     # -- drivers (the only I/O) ---------------------------------------------------------------
 
     def audit_batch(self, traces: Sequence[Trace]) -> list[Verdict]:

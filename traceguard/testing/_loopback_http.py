@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from traceguard.testing._openai_payloads import SSEEvent
-from traceguard.testing._scripted_http import RecordedRequest, ScriptedResponse
+from traceguard.testing._scripted_http import RecordedRequest, ScriptedResponse, StreamControl
 
 __all__ = ["Answer", "LoopbackHTTPServer"]
 
@@ -201,21 +203,74 @@ class _Handler(BaseHTTPRequestHandler):
         events = list(scripted.events or ())
         if scripted.done:
             events.append(SSEEvent("[DONE]"))
-        for index, event in enumerate(events):
-            if scripted.drop_after is not None and index >= scripted.drop_after:
-                self.close_connection = True
+        control = scripted.control
+        try:
+            for index, event in enumerate(events):
+                if scripted.drop_after is not None and index >= scripted.drop_after:
+                    self.close_connection = True
+                    self.wfile.flush()
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if control is not None and not self._controlled_wait(control, index, scripted):
+                    self.close_connection = True
+                    return
+                if scripted.event_delay_s and control is None:
+                    if owner.stopping.wait(scripted.event_delay_s):
+                        self.close_connection = True
+                        return
+                data = event.encode()
+                self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
-                with contextlib.suppress(OSError):
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            if scripted.event_delay_s and owner.stopping.wait(scripted.event_delay_s):
-                self.close_connection = True
-                return
-            data = event.encode()
-            self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+                if control is not None:
+                    control.note_sent()
+            self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            if control is not None:
+                control.disconnected.set()
+            raise
+        finally:
+            if control is not None:
+                control.finished.set()
+
+    def _controlled_wait(
+        self, control: StreamControl, index: int, scripted: ScriptedResponse
+    ) -> bool:
+        """Wait before event ``index`` as ``control`` and the delay say; False: stop sending."""
+        owner = self.server.owner
+        if control.hold_at is not None and index >= control.hold_at:
+            deadline = time.monotonic() + control.hold_s
+            while not control.released.is_set() and time.monotonic() < deadline:
+                if owner.stopping.is_set() or self._client_left(0.02):
+                    control.disconnected.set()
+                    return False
+            control.release()  # held once: the rest goes out as scripted
+            return True
+        if scripted.event_delay_s and self._client_left(scripted.event_delay_s):
+            control.disconnected.set()
+            return False
+        return not owner.stopping.is_set()
+
+    def _client_left(self, wait_s: float) -> bool:
+        """Wait up to ``wait_s`` for the client to close the connection; True if it did."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            readable, _, _ = select.select([self.connection], [], [], left)
+            if not readable:
+                return False
+            try:
+                peeked = self.connection.recv(1, socket.MSG_PEEK)
+            except OSError:
+                return True
+            if not peeked:
+                return True
+            # The client sent something (it should not, mid-response): wait out the delay.
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return False
 
 
 class _Server(ThreadingHTTPServer):

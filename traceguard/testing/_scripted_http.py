@@ -9,6 +9,7 @@ decides which one answers a request. A :data:`Responder` answers requests no que
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,50 @@ from traceguard.testing._openai_payloads import (
     top_logprobs_completion,
 )
 
-__all__ = ["RecordedRequest", "Responder", "ScriptedResponse", "fixed_delay_responder"]
+__all__ = [
+    "RecordedRequest",
+    "Responder",
+    "ScriptedResponse",
+    "StreamControl",
+    "fixed_delay_responder",
+]
+
+
+class StreamControl:
+    """Lets a test watch one scripted SSE stream and hold it at an event.
+
+    The server counts the events it wrote (:attr:`sent`) and notices when the client closes the
+    connection (:attr:`disconnected`, checked while it waits: before each delayed event and while
+    held). With ``hold_at``, it sends events ``0 .. hold_at - 1`` and then waits, for the client
+    to leave or the test to :meth:`release` it, at most ``hold_s`` seconds (a test that fails to
+    stop the stream sees it run on, not hang).
+    """
+
+    def __init__(self, *, hold_at: int | None = None, hold_s: float = 10.0) -> None:
+        self.hold_at = hold_at
+        self.hold_s = hold_s
+        self.disconnected = threading.Event()
+        """Set when the server saw the client close the connection."""
+        self.released = threading.Event()
+        self.finished = threading.Event()
+        """Set when the server stopped sending (all sent, client gone, or server closing)."""
+        self._sent = 0
+        self._lock = threading.Lock()
+
+    @property
+    def sent(self) -> int:
+        """Events written to the connection so far ([DONE] included)."""
+        with self._lock:
+            return self._sent
+
+    def release(self) -> None:
+        """Let a held stream go on."""
+        self.released.set()
+
+    def note_sent(self) -> None:
+        """Called by the server after each event it wrote."""
+        with self._lock:
+            self._sent += 1
 
 
 @dataclass(frozen=True)
@@ -44,6 +88,8 @@ class ScriptedResponse:
     delay_s: float = 0.0
     drop: bool = False
     drop_after: int | None = None
+    control: StreamControl | None = field(default=None, compare=False)
+    """Watches and steers the stream from the test (see :class:`StreamControl`)."""
 
     @classmethod
     def json(
@@ -80,6 +126,7 @@ class ScriptedResponse:
         drop_after: int | None = None,
         delay_s: float = 0.0,
         headers: Mapping[str, str] | None = None,
+        control: StreamControl | None = None,
     ) -> ScriptedResponse:
         """An SSE stream; mappings and strings become ``data:`` payloads without an event name."""
         wrapped = tuple(e if isinstance(e, SSEEvent) else SSEEvent(e) for e in events)
@@ -90,6 +137,7 @@ class ScriptedResponse:
             drop_after=drop_after,
             delay_s=delay_s,
             headers=dict(headers or {}),
+            control=control,
         )
 
     @classmethod

@@ -54,6 +54,7 @@ from traceguard.testing._scripted_http import (
     RecordedRequest,
     Responder,
     ScriptedResponse,
+    StreamControl,
     fixed_delay_responder,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "Responder",
     "SSEEvent",
     "ScriptedResponse",
+    "StreamControl",
     "ToolCallSpec",
     "chat_completion",
     "chat_completion_chunks",

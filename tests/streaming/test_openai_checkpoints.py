@@ -1,0 +1,364 @@
+"""Checkpoints in the OpenAI wrapper: real ``openai`` SDK streams over real SSE from the loopback
+server, sync and async (``flavor``).
+
+Timing is never asserted: the server counts the events it wrote and notices the client leave,
+and audits that must overlap the stream wait on events the test sets.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from traceguard import (
+    Action,
+    AuditSchedule,
+    AuditStatus,
+    Blocked,
+    Escalated,
+    Guard,
+    Policy,
+    Stage,
+    Trace,
+)
+from traceguard.integrations.openai import guard_openai
+from traceguard.testing.openai_server import (
+    OpenAIServer,
+    ScriptedResponse,
+    StreamControl,
+    chat_completion_chunks,
+    responses_events,
+)
+
+from .conftest import HARM, ListSink, RecordingAuditor, thinking_tokens
+
+USER = [{"role": "user", "content": "Plan a picnic."}]
+EVERY = 16  # tokens between checkpoints
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[OpenAIServer]:
+    with OpenAIServer() as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def _fresh(server: OpenAIServer) -> Iterator[None]:
+    server.reset()
+    yield
+    assert not server.unexpected, "a request found no scripted answer"
+
+
+@pytest.fixture(params=["sync", "async"])
+def flavor(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def client(server: OpenAIServer, flavor: str) -> AsyncIterator[Any]:
+    if flavor == "sync":
+        sync = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+        yield sync
+        sync.close()
+    else:
+        async_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+        yield async_client
+        await async_client.close()
+
+
+async def open_stream(client: Any, **kwargs: Any) -> Any:
+    result = client.chat.completions.create(model="m", messages=USER, stream=True, **kwargs)
+    return await result if inspect.isawaitable(result) else result
+
+
+async def drain(stream: Any, received: list[Any], on_chunk: Any = None) -> None:
+    if isinstance(stream, openai.AsyncStream):
+        async for chunk in stream:
+            received.append(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+    else:
+        for chunk in stream:
+            received.append(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+
+
+def reasoning_of(chunks: list[Any]) -> str:
+    return "".join(
+        (c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+        for c in chunks
+        if c.choices
+    )
+
+
+def content_of(chunks: list[Any]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def guarded(
+    client: Any, auditor: RecordingAuditor, *, policy: Policy | None = None, **options: Any
+) -> tuple[Guard, ListSink]:
+    sink = ListSink()
+    guard = Guard(
+        auditor,
+        policy or Policy(),
+        [sink],
+        checkpoints=AuditSchedule(every_tokens=EVERY),
+    )
+    guard_openai(client, guard, **options)
+    return guard, sink
+
+
+# -- a harmful stream is cut --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["buffer", "passthrough"])
+async def test_harmful_thinking_is_cut_within_one_checkpoint_interval(
+    server: OpenAIServer, client: Any, flavor: str, mode: str
+) -> None:
+    harmful_at = 2 * EVERY + 14  # token 46: the checkpoint after token 48 sees it first
+    tokens = thinking_tokens(400, harmful_at=harmful_at)
+    events = chat_completion_chunks(reasoning_content=tokens, content="Done.")
+    # Event 0 is the role chunk, so thinking token k travels in event k + 1.
+    last_allowed = harmful_at + 1 + EVERY  # no more than one interval past the harm
+    if flavor == "async":
+        # The server sends up to that bound and then waits for the client to leave: the async
+        # stream hears a finished audit even while it waits for the next chunk. How many
+        # checkpoints that takes varies (one may still be in flight when the next falls due),
+        # but the text up to the bound holds the harm and a whole interval after it.
+        control = StreamControl(hold_at=last_allowed)
+        server.enqueue(ScriptedResponse.sse(events, control=control))
+    else:
+        # The sync stream hears a finished audit at the next chunk: the model keeps writing.
+        control = StreamControl()
+        server.enqueue(ScriptedResponse.sse(events, control=control, event_delay_s=0.02))
+    auditor = RecordingAuditor()
+    _, sink = guarded(client, auditor, stream_mode=mode)
+    stream = await open_stream(client)
+    received: list[Any] = []
+    with pytest.raises(Blocked) as caught:
+        await drain(stream, received)
+
+    decision = caught.value.decision
+    assert decision.action is Action.BLOCK
+    stages = auditor.stages()
+    assert stages and set(stages) == {Stage.CHECKPOINT}
+    blocking = auditor.seen[-1]
+    assert HARM.strip() in (blocking.thinking or "")
+    assert HARM.strip() not in "".join(t.thinking or "" for t in auditor.seen[:-1])
+    assert len(blocking.thinking or "") <= last_allowed * 4
+    assert blocking.metadata["checkpoint"] == len(stages)
+    assert control.finished.wait(10)
+    assert control.disconnected.is_set(), f"the upstream was not closed ({control.sent} sent)"
+    assert control.sent <= last_allowed
+    if flavor == "async":
+        assert control.sent == last_allowed
+    assert stream.response.is_closed
+    # What the caller saw: nothing in buffer mode; the thinking up to the stop in passthrough.
+    shown = reasoning_of(received)
+    if mode == "buffer":
+        assert received == []
+    else:
+        assert len(shown) <= last_allowed * 4
+        assert content_of(received) == ""
+    assert [r.trace.stage for r in sink.records if r.trace is not None] == stages
+
+
+async def test_refusal_ends_a_stream_cut_at_a_checkpoint(server: OpenAIServer, client: Any) -> None:
+    tokens = thinking_tokens(3 * EVERY, harmful_at=5)
+    server.enqueue(ScriptedResponse.sse(chat_completion_chunks(reasoning_content=tokens)))
+    guarded(client, RecordingAuditor(), on_block="refusal", refusal="Stopped.")
+    stream = await open_stream(client)
+    received: list[Any] = []
+    await drain(stream, received)
+    assert content_of(received) == "Stopped."
+    assert received[-1].choices[0].finish_reason == "content_filter"
+    assert [d.action for d in stream.decisions] == [Action.BLOCK]
+
+
+# -- a safe stream flows ------------------------------------------------------------------------
+
+
+async def test_passthrough_keeps_flowing_while_a_checkpoint_is_audited(
+    server: OpenAIServer, client: Any
+) -> None:
+    thinking = thinking_tokens(10 * EVERY)
+    events = chat_completion_chunks(reasoning_content=thinking, content=["An", " answer."])
+    server.enqueue(ScriptedResponse.sse(events))
+    first_checkpoint = threading.Event()
+    auditor = RecordingAuditor(
+        gate=lambda t: first_checkpoint if t.metadata.get("checkpoint") == 1 else None
+    )
+    guarded(client, auditor, stream_mode="passthrough")
+    stream = await open_stream(client)
+    received: list[Any] = []
+    during: list[int] = []  # chunks the caller got while the first checkpoint was in flight
+
+    def watch(chunk: Any) -> None:
+        if len(reasoning_of(received)) >= 4 * EVERY and not first_checkpoint.is_set():
+            during.append(len(received))
+        if reasoning_of(received) == "".join(thinking):
+            first_checkpoint.set()  # the last thinking token arrived: let the audit finish
+
+    await drain(stream, received, watch)
+    assert content_of(received) == "An answer."
+    assert auditor.gate_timeouts == 0
+    # The chunk that made the checkpoint due, and every thinking token after it, went out while
+    # its audit was pending: the stream was not held for it, and nothing queued up behind it.
+    assert len(during) == 10 * EVERY - EVERY + 1
+    assert auditor.stages() == [Stage.CHECKPOINT, Stage.THINKING, Stage.FINAL]
+    assert len((auditor.seen[0].thinking or "").split()) == EVERY  # taken when it fell due
+    assert auditor.most_at_once == 1
+
+
+async def test_buffer_mode_reads_on_while_a_checkpoint_is_audited(
+    server: OpenAIServer, client: Any
+) -> None:
+    thinking = thinking_tokens(6 * EVERY)
+    server.enqueue(ScriptedResponse.sse(chat_completion_chunks(reasoning_content=thinking)))
+    read_all = threading.Event()
+    streams: list[Any] = []
+
+    def gate(trace: Any) -> threading.Event | None:
+        if trace.metadata.get("checkpoint") != 1:
+            return None
+        # The first checkpoint's audit finishes only once the stream has read all of the
+        # thinking: a stream that waited for the audit would never get there (gate timeout).
+        adapter = streams[0]._state.adapter
+        watcher = threading.Thread(
+            target=_await_fed, args=(adapter, len("".join(thinking)), read_all)
+        )
+        watcher.start()
+        return read_all
+
+    auditor = RecordingAuditor(gate=gate)
+    guarded(client, auditor, early_stop=False)
+    stream = await open_stream(client)
+    streams.append(stream)
+    received: list[Any] = []
+    await drain(stream, received)
+    assert auditor.gate_timeouts == 0
+    assert reasoning_of(received) == "".join(thinking)
+    assert auditor.stages() == [Stage.CHECKPOINT, Stage.FINAL]
+
+
+def _await_fed(adapter: Any, size: int, done: threading.Event) -> None:
+    for _ in range(1000):
+        if adapter.reasoning_streams()[0].fed_chars >= size:
+            done.set()
+            return
+        done.wait(0.01)
+
+
+async def test_checkpoints_never_queue_up(server: OpenAIServer, client: Any) -> None:
+    """A slow first audit: the next checkpoint, taken when it ends, covers the latest text."""
+    thinking = thinking_tokens(8 * EVERY)
+    server.enqueue(ScriptedResponse.sse(chat_completion_chunks(reasoning_content=thinking)))
+    halfway = threading.Event()
+    auditor = RecordingAuditor(
+        gate=lambda t: halfway if t.metadata.get("checkpoint") == 1 else None
+    )
+    guarded(client, auditor, stream_mode="passthrough", early_stop=False)
+    stream = await open_stream(client)
+    received: list[Any] = []
+
+    def watch(chunk: Any) -> None:
+        if len(reasoning_of(received)) >= 4 * 4 * EVERY:
+            halfway.set()
+
+    await drain(stream, received, watch)
+    checkpoints = auditor.checkpoints()
+    # Eight intervals passed, but the one audit in flight kept the others from starting.
+    assert len(checkpoints) < 8
+    assert [t.metadata["checkpoint"] for t in checkpoints] == list(range(1, len(checkpoints) + 1))
+    assert len((checkpoints[1].thinking or "").split()) >= 4 * EVERY
+    assert auditor.most_at_once == 1
+
+
+# -- auditor errors -----------------------------------------------------------------------------
+
+
+async def test_a_failed_checkpoint_takes_the_policys_error_action(
+    server: OpenAIServer, client: Any
+) -> None:
+    control = StreamControl()
+    thinking = thinking_tokens(6 * EVERY)
+    server.enqueue(
+        ScriptedResponse.sse(chat_completion_chunks(reasoning_content=thinking), control=control)
+    )
+    auditor = RecordingAuditor(fail=lambda t: t.stage is Stage.CHECKPOINT)
+    guarded(client, auditor, stream_mode="passthrough")  # default policy: escalate, held as block
+    stream = await open_stream(client)
+    with pytest.raises(Escalated) as caught:
+        await drain(stream, [])
+    decision = caught.value.decision
+    assert decision.verdict.status is AuditStatus.AUDITOR_ERROR
+    assert decision.escalation_id is not None
+    assert auditor.stages() == [Stage.CHECKPOINT]
+    assert stream.response.is_closed
+
+
+@pytest.mark.parametrize("how", ["error_verdict", "auditor_raises"])
+async def test_a_failed_checkpoint_under_allow_lets_the_stream_run_on(
+    server: OpenAIServer, client: Any, how: str
+) -> None:
+    thinking = thinking_tokens(3 * EVERY)
+    events = chat_completion_chunks(reasoning_content=thinking, content="Fine.")
+    server.enqueue(ScriptedResponse.sse(events))
+
+    def failing(trace: Trace) -> bool:
+        return trace.stage is Stage.CHECKPOINT
+
+    auditor = (
+        RecordingAuditor(fail=failing)
+        if how == "error_verdict"
+        else RecordingAuditor(raises=failing)
+    )
+    guarded(client, auditor, policy=Policy(auditor_error=Action.ALLOW))
+    stream = await open_stream(client)
+    received: list[Any] = []
+    await drain(stream, received)
+    assert content_of(received) == "Fine."
+    stages = auditor.stages()
+    checkpoints = len(stages) - 2  # how many fell due while none was in flight varies
+    assert checkpoints >= 1
+    assert stages == [Stage.CHECKPOINT] * checkpoints + [Stage.THINKING, Stage.FINAL]
+    statuses = [d.verdict.status for d in stream.decisions]
+    assert statuses == [AuditStatus.AUDITOR_ERROR] * checkpoints + [AuditStatus.OK] * 2
+
+
+# -- other shapes -------------------------------------------------------------------------------
+
+
+async def test_no_schedule_no_checkpoints(server: OpenAIServer, client: Any) -> None:
+    server.enqueue(
+        ScriptedResponse.sse(
+            chat_completion_chunks(reasoning_content=thinking_tokens(200), content="Done.")
+        )
+    )
+    auditor = RecordingAuditor()
+    guard_openai(client, Guard(auditor))
+    await drain(await open_stream(client), [])
+    assert auditor.stages() == [Stage.THINKING, Stage.FINAL]
+
+
+async def test_responses_stream_is_cut_at_a_checkpoint(
+    server: OpenAIServer, client: Any, flavor: str
+) -> None:
+    tokens = thinking_tokens(6 * EVERY, harmful_at=EVERY + 3)
+    events = responses_events("An answer.", reasoning_summary=tokens)
+    server.enqueue(ScriptedResponse.sse(events, done=False), path="/v1/responses")
+    auditor = RecordingAuditor()
+    guarded(client, auditor)
+    result = client.responses.create(model="m", input="Plan a picnic.", stream=True)
+    stream = await result if inspect.isawaitable(result) else result
+    with pytest.raises(Blocked):
+        await drain(stream, [])
+    assert auditor.stages()[-1] is Stage.CHECKPOINT
+    assert HARM.strip() in (auditor.seen[-1].thinking or "")
