@@ -1,12 +1,16 @@
 """LangChain messages as traceguard data: the request context, the audited output, redaction.
 
-Pure functions over langchain-core message objects; no I/O. Image parts become
+Pure functions over langchain-core message objects; no I/O but one warning per model whose
+reasoning the provider package dropped (:func:`warn_hidden_reasoning`). Image parts become
 :class:`~traceguard.ImageRef` values that the auditor loads (or refuses) under its own
 :class:`~traceguard.ImageAccess`: nothing here fetches a URL or decodes base64.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,15 +23,27 @@ from traceguard._chat import (
     langchain_tool_calls,
     split_last_user,
 )
+from traceguard._decision import Decision
 from traceguard._reasoning import extract_langchain_message
-from traceguard._trace import ToolCall
+from traceguard._trace import Stage, ToolCall, Trace
 
 __all__ = [
+    "METADATA_KEY",
     "as_chunk",
+    "bounded",
+    "decision_metadata",
+    "model_name",
     "output_of",
     "redact_message",
     "request_context",
+    "warn_hidden_reasoning",
+    "with_decision",
 ]
+
+logger = logging.getLogger("traceguard.integrations.langchain")
+
+METADATA_KEY = "traceguard"
+"""Key of the decision summary in a guarded message's ``response_metadata``."""
 
 # Content blocks that carry reasoning rather than answer text, in the forms LangChain providers use.
 _REASONING_BLOCKS = frozenset({"reasoning", "thinking", "redacted_thinking"})
@@ -39,6 +55,16 @@ _RAW_TOOL_KWARGS = ("tool_calls", "function_call")
 
 
 # -- the request ------------------------------------------------------------------------------
+
+
+def model_name(model: Any) -> str | None:
+    """The name of a chat model, or of the one a binding (``bind_tools``) wraps."""
+    for candidate in (model, getattr(model, "bound", None)):
+        for attr in ("model_name", "model"):
+            value = getattr(candidate, attr, None)
+            if isinstance(value, str):
+                return value
+    return None
 
 
 def request_context(
@@ -54,6 +80,18 @@ def request_context(
     """
     turns = [langchain_message(message.type, message, strict=False) for message in messages]
     return split_last_user(turns, model=model, metadata=metadata)
+
+
+def bounded(context: RequestContext, history_turns: int | None) -> RequestContext:
+    """``context`` with at most the last ``history_turns`` earlier turns (None: all of them).
+
+    A long agent loop would otherwise hand every sink and the review queue the whole thread;
+    the auditor reads only the recent turns anyway.
+    """
+    if history_turns is None or len(context.history) <= history_turns:
+        return context
+    kept = context.history[len(context.history) - history_turns :] if history_turns else ()
+    return dataclasses.replace(context, history=kept)
 
 
 # -- the output -------------------------------------------------------------------------------
@@ -130,3 +168,86 @@ def as_chunk(message: AIMessage) -> AIMessageChunk:
         name=message.name,
         chunk_position="last",
     )
+
+
+# -- decisions on results ---------------------------------------------------------------------
+
+
+def decision_metadata(decision: Decision, trace: Trace | None = None) -> dict[str, Any]:
+    """What a guarded result says about its decision (JSON-ready, no audited text).
+
+    The auditor's analysis is left out on purpose: it may quote the very text that was held
+    back, and this summary travels with the message to whoever reads it.
+    """
+    verdict = decision.verdict
+    summary: dict[str, Any] = {
+        "action": decision.action.value,
+        "disposition": decision.disposition.value,
+        "reason": decision.reason,
+        "status": verdict.status.value,
+        "risk": verdict.risk,
+        "label": verdict.label.value if verdict.label is not None else None,
+        "categories": list(verdict.categories),
+        "auditor": verdict.auditor,
+        "trace_id": decision.trace_id,
+        "escalation_id": decision.escalation_id,
+        "awaiting_review": decision.awaiting_review,
+        "review": None if decision.review is None else decision.review.resolution,
+    }
+    if trace is not None:
+        summary["stage"] = trace.stage.value
+        if trace.tool_calls and trace.stage is Stage.TOOL_CALL:
+            summary["tool"] = trace.tool_calls[0].name
+    return summary
+
+
+def with_decision(message: BaseMessage, summary: Mapping[str, Any]) -> Any:
+    """A copy of ``message`` whose ``response_metadata`` carries ``summary`` under
+    :data:`METADATA_KEY` (same type, same id)."""
+    metadata = {**message.response_metadata, METADATA_KEY: dict(summary)}
+    return message.model_copy(update={"response_metadata": metadata})
+
+
+# -- reasoning the provider package dropped ---------------------------------------------------
+
+_warned_models: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _reasoning_tokens(message: BaseMessage) -> int:
+    usage = getattr(message, "usage_metadata", None)
+    if not isinstance(usage, Mapping):
+        return 0
+    details = usage.get("output_token_details")
+    count = details.get("reasoning") if isinstance(details, Mapping) else None
+    return count if isinstance(count, int) else 0
+
+
+def warn_hidden_reasoning(message: BaseMessage, thinking: str | None, model: str | None) -> bool:
+    """Log once per model when ``message`` reports reasoning tokens but carries no thinking.
+
+    That is what ``ChatOpenAI`` on Chat Completions does with the ``reasoning_content`` /
+    ``reasoning`` fields of DeepSeek, vLLM or OpenRouter: the tokens are billed, the text is
+    dropped, and the audit sees only the answer. Returns True when it warned.
+    """
+    if thinking is not None:
+        return False
+    tokens = _reasoning_tokens(message)
+    if tokens <= 0:
+        return False
+    key = model or "<unnamed model>"
+    with _warned_lock:
+        if key in _warned_models:
+            return False
+        _warned_models.add(key)
+    logger.warning(
+        "model %s reported %d reasoning tokens but its message carries no thinking, so "
+        "traceguard audits the answer without the reasoning. The provider package dropped it "
+        "(ChatOpenAI on Chat Completions does). To audit the reasoning: use a provider package "
+        "that keeps it (langchain-deepseek's ChatDeepSeek, or the Ollama, Groq and xAI "
+        "packages), keep <think> tags in the content, or use ChatOpenAI(use_responses_api=True) "
+        "with reasoning summaries. (Logged once per model.)",
+        key,
+        tokens,
+    )
+    return True

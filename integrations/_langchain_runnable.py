@@ -21,23 +21,23 @@ from traceguard._guard import Guard
 from traceguard._streaming import blocked_error
 from traceguard._trace import Trace
 
-from ._langchain_messages import as_chunk, output_of, redact_message, request_context
+from ._langchain_messages import (
+    METADATA_KEY,
+    as_chunk,
+    decision_metadata,
+    model_name,
+    output_of,
+    redact_message,
+    request_context,
+    warn_hidden_reasoning,
+    with_decision,
+)
 
 __all__ = ["GuardedChatModel", "StreamMode", "guard_runnable"]
 
 logger = logging.getLogger("traceguard.integrations.langchain")
 
 StreamMode = Literal["buffer", "passthrough"]
-
-
-def _model_name(model: Any) -> str | None:
-    # RunnableBinding (from bind_tools) keeps the chat model in ``bound``.
-    for candidate in (model, getattr(model, "bound", None)):
-        for attr in ("model_name", "model"):
-            value = getattr(candidate, attr, None)
-            if isinstance(value, str):
-                return value
-    return None
 
 
 def _as_ai_message(message: Any) -> AIMessage:
@@ -86,7 +86,7 @@ class GuardedChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"guarded_model": _model_name(self.model), "stream_mode": self.stream_mode}
+        return {"guarded_model": model_name(self.model), "stream_mode": self.stream_mode}
 
     def bind_tools(
         self,
@@ -108,13 +108,14 @@ class GuardedChatModel(BaseChatModel):
     def _trace(self, messages: list[BaseMessage], output: BaseMessage, run_id: Any) -> Trace:
         context = request_context(
             messages,
-            model=_model_name(self.model),
+            model=model_name(self.model),
             metadata={
                 "integration": "langchain",
                 "run_id": None if run_id is None else str(run_id),
             },
         )
         thinking, response, calls = output_of(output)
+        warn_hidden_reasoning(output, thinking, context.model)
         return context.trace(
             thinking=thinking,
             response=response,
@@ -123,13 +124,23 @@ class GuardedChatModel(BaseChatModel):
         )
 
     def _apply(self, message: AIMessage, decision: Decision) -> AIMessage:
+        """The message ``decision`` lets through, carrying the decision in its
+        ``response_metadata["traceguard"]``."""
         if decision.blocked:
             # Also under Guard(raise_on_block=False): returning the output would let it through.
             raise blocked_error(decision)
+        summary = decision_metadata(decision)
         if not decision.redacted:
-            return message
-        refuse = self.guard.policy.redaction.strategy == "refuse"
-        return redact_message(message, decision.response or "", refuse=refuse)
+            annotated: AIMessage = with_decision(message, summary)
+            return annotated
+        # The answer replaced (the refuse strategy, or drop_thinking on an answer without
+        # thinking) drops the tool calls too: a refusal must not run what it refused.
+        _, text, _ = output_of(message)
+        refuse = self.guard.policy.redaction.strategy == "refuse" or decision.response != text
+        redacted: AIMessage = with_decision(
+            redact_message(message, decision.response or "", refuse=refuse), summary
+        )
+        return redacted
 
     def _passthrough_done(self, message: AIMessage, decision: Decision) -> None:
         self._apply(message, decision)  # raises on block
@@ -245,8 +256,13 @@ class _StreamBuffer:
             self._model._passthrough_done(self._message, decision)
             return []
         final = self._model._apply(self._message, decision)
-        if final is self._message:
-            return [ChatGenerationChunk(message=chunk) for chunk in self._chunks]
+        if not decision.redacted and self._chunks:
+            # The original chunks, the last one carrying the decision (merged, the message
+            # has it in its response_metadata as invoke's does).
+            *head, last = self._chunks
+            summary = final.response_metadata[METADATA_KEY]
+            chunks = [*head, with_decision(last, summary)]
+            return [ChatGenerationChunk(message=chunk) for chunk in chunks]
         return [ChatGenerationChunk(message=as_chunk(final))]  # one redacted chunk
 
 

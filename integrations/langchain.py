@@ -1,17 +1,26 @@
-"""LangChain integration: a callback handler that can stop a run, a guarded model that can redact.
+"""LangChain integration: agent middleware, a callback handler, and a guarded model.
 
 ::
 
     from traceguard import Guard
-    from traceguard.integrations.langchain import TraceguardCallbackHandler, guard_runnable
+    from traceguard.integrations.langchain import (
+        TraceguardCallbackHandler,
+        TraceguardMiddleware,
+        guard_runnable,
+    )
 
     guard = Guard(auditor)
 
-    # Observe and stop: every model call of a chain or agent loop is audited at its end.
-    handler = TraceguardCallbackHandler(guard)
-    agent.invoke({"messages": [...]}, config={"callbacks": [handler]})  # raises Blocked
+    # langchain 1.x agents: audit every model turn and tool call inside the loop, and act there
+    # (rewrite the turn, give the model a tool message, end the run, pause for a reviewer).
+    agent = create_agent(model, tools, middleware=[TraceguardMiddleware(guard)])
 
-    # Observe, stop and redact: the wrapped model returns what the policy allows.
+    # Observe and stop: every model call of a chain or agent loop is audited at its end, every
+    # tool call before it runs.
+    handler = TraceguardCallbackHandler(guard)
+    chain.invoke({...}, config={"callbacks": [handler]})  # raises Blocked
+
+    # Observe, stop and redact one model: the wrapped model returns what the policy allows.
     guarded = guard_runnable(ChatOpenAI(...), guard)
     reply = (prompt | guarded).invoke({...})
 
@@ -20,29 +29,40 @@ What is audited for each model run: the query (the last human message) and its i
 or ``url``, Anthropic ``source`` blocks), the earlier messages as history (earlier model turns
 with their tool calls, tool results), and the answer: thinking from
 ``additional_kwargs["reasoning_content"]`` / ``["reasoning"]``, ``reasoning`` / ``thinking``
-content blocks or ``<think>`` tags; the response text; the tool calls.
+content blocks or ``<think>`` tags; the response text; the tool calls. Every guarded message
+carries its decision in ``response_metadata["traceguard"]`` (no audited text in it).
 
 Callbacks can stop a run but never change its output, so :class:`TraceguardCallbackHandler`
-raises :class:`~traceguard.Blocked` on block (and by default on a redaction it cannot apply);
-:class:`GuardedChatModel` (from :func:`guard_runnable`) returns the redacted message.
+raises :class:`~traceguard.Blocked` on block (and by default on a redaction it cannot apply), and
+on a held-back tool call (it cannot hand the model a tool message instead);
+:class:`TraceguardMiddleware` and :class:`GuardedChatModel` (from :func:`guard_runnable`) return
+the redacted message.
 
 ``ChatOpenAI`` (Chat Completions) drops the ``reasoning_content`` / ``reasoning`` fields that
-DeepSeek, vLLM and OpenRouter send, so neither the handler nor the guarded model sees any thinking
-from it: the trace has ``thinking=None`` and only the response is audited. To audit the reasoning,
-use a provider package that keeps it (``langchain-deepseek``'s ``ChatDeepSeek`` and the Ollama,
-Groq and xAI packages put it in ``additional_kwargs["reasoning_content"]``), keep ``<think>`` tags
-in the content (e.g. vLLM without ``--reasoning-parser``), or use the Responses API
-(``ChatOpenAI(use_responses_api=True)``), whose reasoning summaries arrive as ``reasoning`` blocks.
+DeepSeek, vLLM and OpenRouter send, so no LangChain hook sees any thinking from it: the trace has
+``thinking=None`` and only the response is audited; when the usage reports reasoning tokens, one
+warning per model says so. To audit the reasoning, use a provider package that keeps it
+(``langchain-deepseek``'s ``ChatDeepSeek`` and the Ollama, Groq and xAI packages put it in
+``additional_kwargs["reasoning_content"]``), keep ``<think>`` tags in the content (e.g. vLLM
+without ``--reasoning-parser``), or use the Responses API (``ChatOpenAI(use_responses_api=True)``),
+whose reasoning summaries arrive as ``reasoning`` blocks.
+
+:class:`TraceguardMiddleware` needs ``langchain`` (1.x) and ``langgraph``:
+``pip install 'traceguard-vl[agents]'``; the handler and the guarded model need only
+``langchain-core``.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from traceguard._version import install_hint
 
 try:
     import langchain_core  # noqa: F401  (fail here, with the hint, before the helpers import it)
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "traceguard.integrations.langchain needs langchain-core: "
-        "pip install 'traceguard-vl[langchain]'"
+        f"traceguard.integrations.langchain needs langchain-core: {install_hint('langchain')}"
     ) from exc
 
 from ._langchain_callbacks import (
@@ -52,11 +72,33 @@ from ._langchain_callbacks import (
 )
 from ._langchain_runnable import GuardedChatModel, StreamMode, guard_runnable
 
+if TYPE_CHECKING:
+    from ._langchain_middleware import TraceguardMiddleware, TraceguardState
+
 __all__ = [
     "AsyncTraceguardCallbackHandler",
     "GuardedChatModel",
     "OnRedact",
     "StreamMode",
     "TraceguardCallbackHandler",
+    "TraceguardMiddleware",
+    "TraceguardState",
     "guard_runnable",
 ]
+
+_AGENT_NAMES = frozenset({"TraceguardMiddleware", "TraceguardState"})
+
+
+def __getattr__(name: str) -> Any:
+    # The middleware needs langchain and langgraph, which the handler and the guarded model do
+    # not: import it on first use, with the install hint when they are missing.
+    if name not in _AGENT_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from . import _langchain_middleware
+    except ImportError as exc:
+        raise ImportError(
+            f"TraceguardMiddleware needs langchain 1.x and langgraph: {install_hint('agents')} "
+            f"({exc})"
+        ) from exc
+    return getattr(_langchain_middleware, name)

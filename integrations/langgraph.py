@@ -68,6 +68,8 @@ __all__ = [
     "ResumedThread",
     "areview_gate",
     "aresume_reviewed",
+    "gate_trace",
+    "pause_for_review",
     "review_gate",
     "resume_reviewed",
 ]
@@ -230,6 +232,43 @@ def _pause(decision: Decision, gate: _Gate, queue: ReviewQueue | None) -> Decisi
             outcome, thinking=gate.trace.thinking, response=gate.trace.response
         )
     return decision
+
+
+# -- the gate in two steps, for a caller that audits in one node and pauses in another ----------
+
+
+def gate_trace(trace: Trace, *, config: RunnableConfig | None = None) -> tuple[Trace, bool]:
+    """``trace`` with its LangGraph origin, and whether the running graph can pause here.
+
+    The origin goes into ``trace.metadata``: ``integration="langgraph"``, ``thread_id`` and
+    ``run_id`` from ``config`` (default: the running node's), and, when the graph can pause (a
+    checkpointer and a thread id), a fixed ``escalation_id`` derived from the thread and the
+    content. Audit the returned trace with ``guard.check_batch([trace], wait_for_review=False)``
+    when it can pause, then hand an escalated decision to :func:`pause_for_review`.
+    """
+    gate = _prepare(trace, config)
+    return gate.trace, gate.can_pause
+
+
+def pause_for_review(
+    decision: Decision,
+    *,
+    thinking: str | None,
+    response: str | None,
+    queue: ReviewQueue | None = None,
+) -> Decision:
+    """Pause the graph on an escalated ``decision``; on resume, the decision after review.
+
+    The split form of :func:`review_gate` for middleware that audits in one node (the model
+    call) and pauses in a later one (``after_model``), so the re-run on resume repeats only the
+    pause, never the model call. ``thinking`` and ``response`` are the held output's (approved,
+    they go on as allowed). ``queue`` (the guard's ``review_queue``) overrides a resume value
+    that disagrees with the reviewer's record.
+    """
+    if not decision.escalated or decision.escalation_id is None:
+        raise ValueError("only an escalation with an escalation_id can pause for review")
+    held = Trace(query="", response=response or "", thinking=thinking)
+    return _pause(decision, _Gate(trace=held, can_pause=True), queue)
 
 
 # -- the gate: sync and async shells --------------------------------------------------------------
