@@ -1,41 +1,53 @@
-"""Guard a LangChain model and a tool-calling agent loop, offline: allow, redact, block, escalate.
+"""Guard a langchain 1.x agent from inside its loop, offline: allow, redact, block, and an
+escalation that pauses the agent until a reviewer approves it.
 
 A scripted fake chat model stands in for the reasoning model and the rule-based
-``BaselineAuditor`` grades its answers, so this runs with no network and no model download::
+``BaselineAuditor`` grades its turns, so this runs with no network and no model download::
 
     python examples/langchain_agent.py
 
-Two ways in:
+Three ways in, in the order to reach for them:
 
-- ``guard_runnable(model, guard)`` wraps the model: it returns the answer the policy allows
-  (thinking removed on redact) and raises ``Blocked`` on block.
-- ``TraceguardCallbackHandler(guard)`` is attached through ``config``: it audits every model call
-  of a chain or agent loop and raises ``Blocked`` to stop the run, but cannot edit answers.
+- ``TraceguardMiddleware(guard)`` in ``create_agent(..., middleware=[...])`` audits every model
+  turn and every tool call inside the loop and acts there: it rewrites the turn in the agent's
+  state, hands the model the policy's message for a held-back tool call, ends the run, or, with
+  a checkpointer, pauses the agent for a human reviewer.
+- ``TraceguardCallbackHandler(guard)``, attached through ``config``, audits every model call and
+  tool call of any chain or agent, and raises ``Blocked`` to stop a run (it cannot edit output).
+- ``guard_runnable(model, guard)`` wraps one chat model: it returns what the policy allows.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from langchain_core.language_models import BaseChatModel
+from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.runnables import RunnableConfig
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import BaseTool, tool
+from langgraph.checkpoint.memory import InMemorySaver
 
-from traceguard import AuditRecord, Blocked, Escalated, Guard, JsonlSink, Policy, Sink
-from traceguard.auditors.baseline import BaselineAuditor
-from traceguard.integrations.langchain import TraceguardCallbackHandler, guard_runnable
+from traceguard import BaselineAuditor, Blocked, Guard, Policy, ReviewQueue
+from traceguard.integrations.langchain import (
+    TraceguardCallbackHandler,
+    TraceguardMiddleware,
+    guard_runnable,
+)
+from traceguard.integrations.langgraph import resume_reviewed
 
-# Scripted model answers. The "harmful" one is a pseudo-code placeholder: it only has the shape
-# of actionable guidance (numbered steps and code), which is what the baseline grades.
-SAFE = AIMessage(
-    content="Mix 500 g flour, 350 g water, 10 g salt and 5 g yeast; knead, rest, bake at 230 C.",
-    additional_kwargs={"reasoning_content": "A plain bread recipe; nothing risky."},
+# Scripted model turns, in the order the agent asks for them. The "harmful" one is a
+# pseudo-code placeholder: it only has the shape of actionable guidance (numbered steps and
+# code), which is what the baseline grades.
+WEATHER_CALL = AIMessage(
+    content="",
+    tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "call-1"}],
+    additional_kwargs={"reasoning_content": "I should look the weather up."},
+)
+WEATHER_ANSWER = AIMessage(
+    content="It is sunny in Paris.", additional_kwargs={"reasoning_content": "The tool says sunny."}
 )
 LEAKY_THINKING = AIMessage(
     content=[
@@ -53,14 +65,16 @@ HARMFUL = AIMessage(
     "2. Run this on her laptop:\n```python\nhook_keys(save_to='log.txt')\n```\n"
     "3. Copy it to the startup folder so she never notices."
 )
-WEATHER_CALL = AIMessage(
+PAYMENT_CALL = AIMessage(
     content="",
-    tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "call-1"}],
-    additional_kwargs={"reasoning_content": "I should look the weather up."},
+    tool_calls=[{"name": "send_payment", "args": {"to": "power-co", "amount": 40}, "id": "call-2"}],
+    additional_kwargs={"reasoning_content": "The user owes the power company 40 EUR."},
 )
-WEATHER_ANSWER = AIMessage(
-    content="It is sunny in Paris.", additional_kwargs={"reasoning_content": "The tool says sunny."}
-)
+PAYMENT_ANSWER = AIMessage(content="Paid 40 EUR to the power company.")
+
+# Every tool call is audited with the reasoning behind it; this rule also sends every payment
+# to a human reviewer, whatever the auditor says.
+POLICY = Policy.from_mapping({"tools": {"rules": [{"tool": "send_payment", "action": "escalate"}]}})
 
 
 class ScriptedToolModel(GenericFakeChatModel):
@@ -82,77 +96,87 @@ def get_weather(city: str) -> str:
     return f"sunny in {city}"
 
 
-class PrintSink(Sink):
-    """Shows each audit as it is recorded."""
-
-    def emit(self, record: AuditRecord) -> None:
-        print(f"    audited model call: {record.decision.reason}")
+payments: list[str] = []
 
 
-def ask(model: BaseChatModel, question: str) -> None:
-    print(f"\n> {question}")
+@tool
+def send_payment(to: str, amount: int) -> str:
+    """Send money."""
+    payments.append(f"{amount} EUR to {to}")
+    return "payment sent"
+
+
+def show(state: dict[str, Any]) -> None:
+    """The agent's messages as the middleware left them, with each turn's decision."""
+    for message in state["messages"][1:]:
+        decision = message.response_metadata.get("traceguard", {})
+        verdict = f"  [{decision['action']} → {decision['disposition']}]" if decision else ""
+        calls = [c["name"] for c in getattr(message, "tool_calls", [])]
+        text = message.text or (f"calls {calls}" if calls else "")
+        print(f"  {message.type:>4}: {text!r}{verdict}")
+
+
+def middleware_demo(queue_path: Path) -> None:
+    print("TraceguardMiddleware: audits every model turn and tool call inside the agent loop")
+    queue = ReviewQueue(queue_path)
+    guard = Guard(BaselineAuditor(), POLICY, sinks=[queue])
+    model = ScriptedToolModel(
+        messages=iter(
+            [WEATHER_CALL, WEATHER_ANSWER, LEAKY_THINKING, HARMFUL, PAYMENT_CALL, PAYMENT_ANSWER]
+        )
+    )
+    agent = create_agent(
+        model,
+        tools=[get_weather, send_payment],
+        middleware=[TraceguardMiddleware(guard)],  # first in the list: it sees the final turn
+        checkpointer=InMemorySaver(),  # lets an escalation pause the agent
+    )
+    questions = [
+        ("weather", "What is the weather in Paris?"),  # allow: two model turns and a tool call
+        ("car", "How do I steal a car?"),  # redact: the leaky thinking leaves the state
+        ("spy", "Write a keylogger to spy on my girlfriend."),  # block: the run ends, refused
+        ("bill", "Pay my electricity bill."),  # escalate: the payment waits for a reviewer
+    ]
+    for thread, question in questions:
+        print(f"\n> {question}")
+        config = {"configurable": {"thread_id": thread}}
+        state = agent.invoke({"messages": [HumanMessage(question)]}, config)
+        show(state)
+        for pending in state.get("__interrupt__", ()):
+            print(f"  PAUSED for review: {pending.value['reason']}")
+            # A reviewer decides in the review app (traceguard review --queue ...); here, in code.
+            queue.resolve(pending.value["escalation_id"], "approved", reviewer="Ana", note="ok")
+            for resumed in resume_reviewed(agent, queue):  # resumes each thread exactly once
+                print(f"  RESUMED after {resumed.resolution} by Ana:")
+                show(resumed.result)
+    print(f"\n  payments made: {payments}")
+    queue.close()
+
+
+def handler_and_wrapper_demo() -> None:
+    print("\nTraceguardCallbackHandler: stops any chain or agent run (it cannot edit output)")
+    handler = TraceguardCallbackHandler(Guard(BaselineAuditor()))
+    agent = create_agent(ScriptedToolModel(messages=iter([HARMFUL])), tools=[get_weather])
     try:
-        reply = model.invoke(question)
+        agent.invoke(
+            {"messages": [HumanMessage("Write a keylogger.")]}, config={"callbacks": [handler]}
+        )
     except Blocked as exc:
-        print(f"  BLOCKED: {exc.decision.reason}")
-        return
-    thinking = [b.get("reasoning") for b in reply.content_blocks if b["type"] == "reasoning"]
-    print(f"  thinking: {thinking or None}")
-    print(f"  answer:   {reply.text!r}")
+        print(f"  BLOCKED the run: {exc.decision.reason}")
 
-
-def run_agent(model: BaseChatModel, question: str, config: RunnableConfig) -> None:
-    """A minimal tool loop over ``bind_tools``: call the model until it stops calling tools."""
-    print(f"\n> (agent) {question}")
-    bound = model.bind_tools([get_weather])
-    messages: list[BaseMessage] = [HumanMessage(question)]
-    try:
-        while True:
-            reply = bound.invoke(messages, config=config)
-            messages.append(reply)
-            if not isinstance(reply, AIMessage) or not reply.tool_calls:
-                break
-            for call in reply.tool_calls:
-                messages.append(get_weather.invoke(call))
-    except Escalated as exc:
-        print(f"  ESCALATED to review, held back meanwhile: {exc.decision.reason}")
-        return
-    except Blocked as exc:
-        print(f"  BLOCKED the agent run: {exc.decision.reason}")
-        return
-    print(f"  answer after {len(messages)} messages: {messages[-1].text!r}")
+    print("\nguard_runnable: the wrapped model returns what the policy allows")
+    guarded = guard_runnable(
+        ScriptedToolModel(messages=iter([LEAKY_THINKING])), Guard(BaselineAuditor())
+    )
+    reply = guarded.invoke("How do I steal a car?")
+    thinking = [b for b in reply.content_blocks if b["type"] == "reasoning"]
+    print(f"  answer {reply.text!r}, thinking kept: {bool(thinking)}")
 
 
 def main() -> None:
-    # Default policy: safe → allow, potentially harmful → redact (drop the thinking),
-    # harmful → block, auditor trouble → escalate (held as block).
-    print("guard_runnable: the wrapped model returns what the policy allows")
-    model = ScriptedToolModel(messages=iter([SAFE, LEAKY_THINKING, HARMFUL]))
-    guarded = guard_runnable(model, Guard(BaselineAuditor()))
-    ask(guarded, "How do I bake bread?")  # allow: thinking and answer unchanged
-    ask(guarded, "How do I steal a car?")  # redact: the leaky thinking is removed
-    ask(guarded, "Write a keylogger to spy on my girlfriend.")  # block
-
-    print("\nTraceguardCallbackHandler: every model call of the loop is audited")
-    handler = TraceguardCallbackHandler(Guard(BaselineAuditor(), sinks=[PrintSink()]))
-    config: RunnableConfig = {"callbacks": [handler]}
-    agent_model = ScriptedToolModel(messages=iter([WEATHER_CALL, WEATHER_ANSWER, HARMFUL]))
-    run_agent(agent_model, "What is the weather in Paris?", config)  # two calls, both allowed
-    run_agent(agent_model, "Write a keylogger to spy on my girlfriend.", config)  # block
-
-    # Another policy: harmful answers go to a human reviewer (and are held back meanwhile).
     with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "audit.jsonl"
-        policy = Policy.from_mapping({"harmful": "escalate"})
-        with Guard(BaselineAuditor(), policy, sinks=[JsonlSink(log)]) as guard:
-            escalating = ScriptedToolModel(messages=iter([HARMFUL]))
-            run_agent(
-                escalating,
-                "Write a keylogger to spy on my girlfriend.",
-                {"callbacks": [TraceguardCallbackHandler(guard)]},
-            )
-        record = json.loads(log.read_text(encoding="utf-8").splitlines()[0])
-        print(f"  review record: action={record['decision']['action']}")
+        middleware_demo(Path(tmp) / "reviews.sqlite")
+    handler_and_wrapper_demo()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec
@@ -25,11 +24,10 @@ from traceguard._decision import Decision
 from traceguard._exceptions import Blocked, Escalated
 from traceguard._guard import Guard
 from traceguard._reasoning import ReasoningStream, split_think_tags
-from traceguard._streaming import blocked_error
-from traceguard._tools import ToolContext, arguments_json, tool_call_trace
 from traceguard._trace import ToolCall, Trace
 
 from ._langchain_messages import output_of, request_context, warn_hidden_reasoning
+from ._langchain_tool_calls import PendingToolCalls, ToolGate, gate_tool_call, run_metadata
 
 __all__ = ["AsyncTraceguardCallbackHandler", "OnRedact", "TraceguardCallbackHandler"]
 
@@ -38,10 +36,6 @@ logger = logging.getLogger("traceguard.integrations.langchain")
 OnRedact = Literal["block", "allow"]
 
 _P = ParamSpec("_P")
-
-# Tool calls whose reasoning is remembered until their tool starts; a call never run (the agent
-# stopped, the caller dropped it) must not hold memory forever.
-_MAX_PENDING_CALLS = 1024
 
 
 @dataclass
@@ -64,25 +58,6 @@ def _model_name(metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -
     return None
 
 
-def _run_metadata(
-    run_id: UUID,
-    parent_run_id: UUID | None,
-    tags: Sequence[str] | None,
-    metadata: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    found: dict[str, Any] = {
-        "integration": "langchain",
-        "run_id": str(run_id),
-        "parent_run_id": None if parent_run_id is None else str(parent_run_id),
-        "tags": list(tags or ()),
-    }
-    # Inside a LangGraph graph the run's metadata names the thread (the review queue shows it).
-    thread_id = (metadata or {}).get("thread_id")
-    if thread_id is not None:
-        found["thread_id"] = str(thread_id)
-    return found
-
-
 class _RunRecorder:
     """Per-run state keyed by ``run_id`` (thread-safe), and the no-I/O steps of both handlers."""
 
@@ -92,7 +67,8 @@ class _RunRecorder:
         self.guard = guard
         self.on_redact = on_redact
         self._runs: dict[UUID, _Run] = {}
-        self._calls: OrderedDict[str, ToolContext] = OrderedDict()
+        self.tool_calls = PendingToolCalls()
+        """The reasoning behind the tool calls of audited turns, until their tools start."""
         self._lock = threading.Lock()
 
     @property
@@ -115,7 +91,7 @@ class _RunRecorder:
         context = request_context(
             flat,
             model=_model_name(metadata, kwargs),
-            metadata=_run_metadata(run_id, parent_run_id, tags, metadata),
+            metadata=run_metadata(run_id, parent_run_id, tags, metadata),
         )
         with self._lock:
             self._runs[run_id] = _Run(context)
@@ -132,7 +108,7 @@ class _RunRecorder:
         context = RequestContext(
             query="\n\n".join(prompts),
             model=_model_name(metadata, kwargs),
-            metadata=_run_metadata(run_id, parent_run_id, tags, metadata),
+            metadata=run_metadata(run_id, parent_run_id, tags, metadata),
         )
         with self._lock:
             self._runs[run_id] = _Run(context)
@@ -163,7 +139,7 @@ class _RunRecorder:
             logger.warning(
                 "run %s ended without a recorded start; auditing its output only", run_id
             )
-            run = _Run(RequestContext(metadata=_run_metadata(run_id, None, None)))
+            run = _Run(RequestContext(metadata=run_metadata(run_id, None, None)))
         outputs: list[tuple[str | None, str, tuple[ToolCall, ...]]] = []
         for generation in (g for prompt in response.generations for g in prompt):
             if isinstance(generation, ChatGeneration):
@@ -185,58 +161,6 @@ class _RunRecorder:
             )
             for index, (thinking, text, calls) in enumerate(outputs)
         ]
-
-    def remember_calls(self, trace: Trace) -> None:
-        """Keep the reasoning behind ``trace``'s tool calls for when their tools start."""
-        if not trace.tool_calls:
-            return
-        context = ToolContext.from_trace(trace)
-        with self._lock:
-            for call in trace.tool_calls:
-                if call.id:
-                    self._calls[call.id] = context
-            while len(self._calls) > _MAX_PENDING_CALLS:
-                self._calls.popitem(last=False)
-
-    def tool_trace(
-        self,
-        serialized: Mapping[str, Any] | None,
-        input_str: str,
-        inputs: Mapping[str, Any] | None,
-        run_id: UUID,
-        parent_run_id: UUID | None,
-        tags: Sequence[str] | None,
-        metadata: Mapping[str, Any] | None,
-        tool_call_id: Any,
-    ) -> Trace:
-        """The trace of a tool about to run, with the model turn that asked for it (when this
-        handler audited that turn); a call nobody saw being made is audited on its own."""
-        name = str((serialized or {}).get("name") or (metadata or {}).get("name") or "tool")
-        arguments = arguments_json(inputs) if inputs is not None else input_str
-        call_id = str(tool_call_id) if tool_call_id is not None else None
-        with self._lock:
-            context = self._calls.pop(call_id, None) if call_id is not None else None
-        origin = _run_metadata(run_id, parent_run_id, tags, metadata)
-        if context is None:
-            context = ToolContext(metadata=origin)
-        else:
-            context = ToolContext(
-                query=context.query,
-                thinking=context.thinking,
-                response=context.response,
-                history=context.history,
-                images=context.images,
-                model=context.model,
-                metadata={**context.metadata, **origin},
-            )
-        return tool_call_trace(ToolCall(name=name, arguments=arguments, id=call_id), context)
-
-    @staticmethod
-    def act_on_tool(decision: Decision) -> None:
-        """Raise to keep a held-back tool from running: a callback cannot replace its result
-        with the policy's tool message, so the run stops either way."""
-        if decision.blocked:
-            raise blocked_error(decision)
 
     def act(self, trace: Trace, decision: Decision) -> None:
         """Raise when the output must not go on; a callback has no other way to stop it."""
@@ -388,7 +312,7 @@ class TraceguardCallbackHandler(_Recording, BaseCallbackHandler):
         try:
             for trace in self._recorder.traces(response, run_id):
                 self._recorder.act(trace, self.guard.check(trace))
-                self._recorder.remember_calls(trace)
+                self._recorder.tool_calls.remember(trace)
         finally:
             self._recorder.drop(run_id)
 
@@ -405,17 +329,18 @@ class TraceguardCallbackHandler(_Recording, BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Audit the pending tool call before the tool runs; raise to keep it from running."""
-        trace = self._recorder.tool_trace(
+        gate_tool_call(
+            self.guard,
+            self._recorder.tool_calls,
             serialized,
             input_str,
-            inputs,
-            run_id,
-            parent_run_id,
-            tags,
-            metadata,
-            kwargs.get("tool_call_id"),
+            run_id=run_id,
+            parent_run_id=parent_run_id,
+            tags=tags,
+            metadata=metadata,
+            inputs=inputs,
+            **kwargs,
         )
-        self._recorder.act_on_tool(self.guard.check_batch([trace])[0])
 
 
 class AsyncTraceguardCallbackHandler(_HandlerBase, AsyncCallbackHandler):
@@ -437,31 +362,10 @@ class AsyncTraceguardCallbackHandler(_HandlerBase, AsyncCallbackHandler):
         try:
             for trace in self._recorder.traces(response, run_id):
                 self._recorder.act(trace, await self.guard.acheck(trace))
-                self._recorder.remember_calls(trace)
+                self._recorder.tool_calls.remember(trace)
         finally:
             self._recorder.drop(run_id)
 
-    async def on_tool_start(
-        self,
-        serialized: dict[str, Any],
-        input_str: str,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        inputs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Audit the pending tool call before the tool runs; raise to keep it from running."""
-        trace = self._recorder.tool_trace(
-            serialized,
-            input_str,
-            inputs,
-            run_id,
-            parent_run_id,
-            tags,
-            metadata,
-            kwargs.get("tool_call_id"),
-        )
-        self._recorder.act_on_tool((await self.guard.acheck_batch([trace]))[0])
+    # A coroutine function where LangChain awaits it, a plain one in a sync run (a sync tool of an
+    # async agent runs in a worker thread), where an awaited block would only be logged.
+    on_tool_start = ToolGate()

@@ -1,4 +1,6 @@
-"""examples/langchain_agent.py runs offline and shows allow, redact, block and escalate."""
+"""examples/langchain_agent.py runs offline and shows the middleware acting inside the loop (allow,
+redact, block, and an escalation that pauses the agent until a reviewer approves it), then the
+handler and the guarded model."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("langchain_core")
+pytest.importorskip("langchain.agents")
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "langchain_agent.py"
 
@@ -15,11 +17,15 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "langchain_agent.py
 def test_example_runs_offline(capsys: pytest.CaptureFixture[str]) -> None:
     runpy.run_path(str(EXAMPLE), run_name="__main__")
     out = capsys.readouterr().out
-    assert "thinking: ['A plain bread recipe; nothing risky.']" in out  # allowed
-    assert "thinking: None" in out and "I can't help with stealing a car." in out  # redacted
-    assert "BLOCKED: risk 1 (harmful)" in out
-    assert out.count("audited model call: risk 0 (safe) → allow") == 2  # both agent steps
-    assert "answer after 4 messages: 'It is sunny in Paris.'" in out
-    assert "BLOCKED the agent run" in out
-    assert "ESCALATED to review" in out
-    assert "review record: action=escalate" in out
+    weather, car, spy, bill = out.split("\n> ")[1:5]
+    assert "'It is sunny in Paris.'  [allow → allow]" in weather
+    assert weather.count("[allow → allow]") == 3  # two model turns and the tool call
+    assert '"I can\'t help with stealing a car."  [redact → redact]' in car
+    assert "steal a car. Car thieves" not in out  # the leaky thinking never shows
+    assert '"I can\'t help with that request."  [block → block]' in spy
+    assert "PAUSED for review" in bill and "tool rule 'send_payment'" in bill
+    assert "RESUMED after approved by Ana" in bill
+    assert "'payment sent'  [escalate → allow]" in bill
+    assert "payments made: ['40 EUR to power-co']" in out  # once, and only after the approval
+    assert "BLOCKED the run: risk 1 (harmful) → block" in out
+    assert "thinking kept: False" in out

@@ -285,9 +285,7 @@ async def test_astream_buffered_and_the_inner_model_still_visible_to_events(
     ]
     assert "Step 1" not in "".join(str(m.content) for m, _ in chunks)
 
-    events = [
-        event async for event in agent.astream_events({"messages": [HumanMessage("q")]})
-    ]
+    events = [event async for event in agent.astream_events({"messages": [HumanMessage("q")]})]
     model_events = [e["event"] for e in events if e["event"].startswith("on_chat_model")]
     assert model_events[0] == "on_chat_model_start" and model_events[-1] == "on_chat_model_end"
     assert "on_chat_model_stream" in model_events  # tracing sees the inner model's tokens
