@@ -63,14 +63,15 @@ def script() -> ToolFakeModel:
 
 
 def test_every_model_call_of_the_loop_is_audited_with_the_conversation_so_far() -> None:
-    auditor = ScriptedAuditor([0, 0])
+    auditor = ScriptedAuditor([0, 0, 0])
     handler = TraceguardCallbackHandler(Guard(auditor))
     agent = create_agent(script(), tools=[get_weather])
     state = agent.invoke(
         {"messages": [HumanMessage("Weather in Paris?")]}, config={"callbacks": [handler]}
     )
     assert state["messages"][-1].content.endswith("It is sunny in Paris.")
-    first, second = auditor.seen
+    first, gate, second = auditor.seen
+    assert (gate.stage.value, gate.thinking) == ("tool_call", "I should look it up")
     assert (first.query, first.thinking, first.history) == (
         "Weather in Paris?",
         "I should look it up",
@@ -118,7 +119,8 @@ async def test_async_agent_loop_blocks_the_final_answer() -> None:
         await agent.ainvoke(
             {"messages": [HumanMessage("Weather in Paris?")]}, config={"callbacks": [handler]}
         )
-    assert len(auditor.seen) == 2
+    # Two model turns, and between them the tool call (audited before the tool ran).
+    assert [t.stage.value for t in auditor.seen] == ["final", "tool_call", "final"]
 
 
 def test_guarded_model_redacts_inside_the_agent_loop() -> None:
