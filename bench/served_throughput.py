@@ -100,9 +100,9 @@ async def _measure(base_url: str, concurrency: int, rounds: int, delay_s: float)
     image = ImageRef.from_bytes(_png())
     await auditor.aaudit_batch(_traces(concurrency, image))  # warm-up: open the connections
     traces = _traces(concurrency * rounds, image)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     verdicts = await auditor.aaudit_batch(traces)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     await auditor.aclose()
     ok = sum(v.status is AuditStatus.OK for v in verdicts)
     if ok != len(verdicts):
@@ -117,6 +117,7 @@ async def _measure(base_url: str, concurrency: int, rounds: int, delay_s: float)
         "audits_per_s": round(achieved, 1),
         "ideal_per_s": round(ideal, 1),
         "ratio": round(achieved / ideal, 3),
+        "client_cpu_ms_per_audit": round(cpu / len(verdicts) * 1000, 3),
     }
 
 

@@ -43,6 +43,7 @@ from traceguard.backends._base import (
     TokenDistribution,
 )
 from traceguard.backends._endpoints import Endpoints
+from traceguard.backends._fast_http import AsyncHTTP11Pool, FastResponse, eligible
 from traceguard.backends._openai_wire import (
     chat_body,
     logprobs_body,
@@ -175,6 +176,8 @@ class OpenAICompatibleBackend(ChatBackend):
             self._headers["Content-Type"] = "application/json"
         self._secrets = _secrets_of(self._api_key, self._headers)
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._read_timeout = timeout
+        self._connect_timeout = connect_timeout
         self._policy = RetryPolicy(
             max_attempts=1 + max_retries + len(self._endpoints.urls) - 1,
             backoff_s=backoff_s,
@@ -189,9 +192,13 @@ class OpenAICompatibleBackend(ChatBackend):
         self._executor: ThreadPoolExecutor | None = None
         # httpx async clients and asyncio queues belong to one event loop; a backend used from
         # several loops (one per test, one per asyncio.run) gets a pool per loop.
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClientPool] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._loops: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, AsyncClientPool | AsyncHTTP11Pool
+        ] = weakref.WeakKeyDictionary()
+        # The async path's lean client serves plain-HTTP endpoints reached without a proxy
+        # (httpx's per-request CPU capped the served path at ~0.7 of the auditor's capacity;
+        # see ``_fast_http``). One kind of pool per backend, so one concurrency limit.
+        self._lean_async = all(eligible(url) for url in self._endpoints.urls)
 
     def __repr__(self) -> str:
         urls = ", ".join(self._endpoints.shown.values())
@@ -283,7 +290,9 @@ class OpenAICompatibleBackend(ChatBackend):
     def _post_kwargs(self, url: str, body: bytes) -> dict[str, Any]:
         return {"url": f"{url}/chat/completions", "content": body, "headers": self._headers}
 
-    def _classify(self, url: str, response: httpx.Response | httpx.HTTPError) -> Outcome:
+    def _classify(
+        self, url: str, response: httpx.Response | FastResponse | httpx.HTTPError
+    ) -> Outcome:
         where = self._endpoints.shown[url]
         if isinstance(response, httpx.HTTPError):
             outcome = classify_exception(response, where=where, policy=self._policy)
@@ -383,16 +392,39 @@ class OpenAICompatibleBackend(ChatBackend):
 
     # -- async I/O -----------------------------------------------------------------------------
 
-    def _loop_pool(self) -> AsyncClientPool:
+    def _loop_pool(self) -> AsyncClientPool | AsyncHTTP11Pool:
         loop = asyncio.get_running_loop()
         with self._lock:
             pool = self._loops.get(loop)
             if pool is None:
-                pool = AsyncClientPool(
-                    self.max_concurrency, lambda n: httpx.AsyncClient(**self._client_options(n))
-                )
+                if self._lean_async:
+                    pool = AsyncHTTP11Pool(
+                        self.max_concurrency,
+                        connect_timeout=self._connect_timeout,
+                        headers=self._headers,
+                    )
+                else:
+                    pool = AsyncClientPool(
+                        self.max_concurrency,
+                        lambda n: httpx.AsyncClient(**self._client_options(n)),
+                    )
                 self._loops[loop] = pool
             return pool
+
+    async def _apost(
+        self, pool: AsyncClientPool | AsyncHTTP11Pool, url: str, body: bytes
+    ) -> httpx.Response | FastResponse | httpx.HTTPError:
+        """One POST within a slot of ``pool``: the answer, or the transport error as a value."""
+        try:
+            if isinstance(pool, AsyncHTTP11Pool):
+                async with pool.slot() as lean:
+                    return await lean.post(
+                        f"{url}/chat/completions", body, timeout=self._read_timeout
+                    )
+            async with pool.slot() as client:
+                return await client.post(**self._post_kwargs(url, body))
+        except httpx.HTTPError as exc:
+            return exc
 
     async def _arun_batch(
         self, bodies: Sequence[bytes | AuditorError], reader: _Reader[_T]
@@ -412,14 +444,22 @@ class OpenAICompatibleBackend(ChatBackend):
             nonlocal attempts
             attempts += 1
             url = self._endpoints.pick()
-            async with pool.slot() as client:
-                try:
-                    response: httpx.Response | httpx.HTTPError = await client.post(
-                        **self._post_kwargs(url, body)
-                    )
-                except httpx.HTTPError as exc:
-                    response = exc
-            return self._classify(url, response)
+            return self._classify(url, await self._apost(pool, url, body))
 
-        outcome: Outcome = await tenacity.AsyncRetrying(**self._retrying)(attempt)
+        # Most calls succeed at once: take the first attempt outside tenacity, whose per-call
+        # bookkeeping cost as much CPU as the HTTP exchange itself. A failed first attempt is
+        # handed to tenacity as its own first attempt, so retries go exactly as before.
+        first = await attempt()
+        if first.failure is None:
+            return self._finish(first, attempts, started, reader)
+        replayed = False
+
+        async def replay_then_attempt() -> Outcome:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return first
+            return await attempt()
+
+        outcome: Outcome = await tenacity.AsyncRetrying(**self._retrying)(replay_then_attempt)
         return self._finish(outcome, attempts, started, reader)
