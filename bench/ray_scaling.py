@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import platform
@@ -68,6 +69,14 @@ def _config(base_url: str, concurrency: int) -> GuardConfig:
             }
         }
     )
+
+
+def _check(out: Path, traces: int) -> None:
+    """Every record must carry a verdict: a failed audit is fast and would pass for speed."""
+    with out.open(encoding="utf-8") as fh:
+        ok = sum(json.loads(line)["status"] == "ok" for line in fh)
+    if ok != traces:
+        raise RuntimeError(f"{out.name}: {traces - ok} of {traces} traces got no verdict")
 
 
 def _row(
@@ -143,6 +152,7 @@ def main() -> int:
             elapsed, clock = _in_process(
                 base_url, log, Path(scratch) / "inprocess.jsonl", args.concurrency
             )
+            _check(Path(scratch) / "inprocess.jsonl", args.traces)
             ideal = args.concurrency / args.delay
             rows.append(_row("inprocess", 0, args.traces, elapsed, clock, ideal))
             ray.init(
@@ -161,6 +171,7 @@ def main() -> int:
                         actors,
                         args.rows_per_block,
                     )
+                    _check(Path(scratch) / f"ray{actors}.jsonl", args.traces)
                     ideal = actors * args.concurrency / args.delay
                     rows.append(_row("ray", actors, args.traces, elapsed, clock, ideal))
             finally:
