@@ -28,15 +28,15 @@ from traceguard.auditors.guardtrace import GuardTraceAuditor
 TARGET = 0.9
 
 
-async def _run(base_url: str, log: Path, out: Path, concurrency: int) -> tuple[float, int]:
+async def _run(base_url: str, log: Path, out: Path, concurrency: int) -> tuple[float, float, int]:
     auditor = GuardTraceAuditor.served(base_url, "guardtrace", max_concurrency=concurrency)
     try:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         summary = await arun_audit(log, out, auditor=auditor, concurrency=concurrency)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     finally:
         await auditor.aclose()
-    return elapsed, summary.by_status.get("ok", 0)
+    return elapsed, cpu, summary.by_status.get("ok", 0)
 
 
 def main() -> int:
@@ -48,7 +48,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         log = write_log(Path(scratch) / "log.jsonl", args.traces)
         with loopback_server(args.delay) as base_url:
-            elapsed, ok = asyncio.run(
+            elapsed, cpu, ok = asyncio.run(
                 _run(base_url, log, Path(scratch) / "out.jsonl", args.concurrency)
             )
     ideal = args.concurrency / args.delay
@@ -70,6 +70,7 @@ def main() -> int:
             "ideal_per_s": ideal,
             "achieved_per_s": round(achieved, 1),
             "ratio": round(ratio, 4),
+            "client_cpu_ms_per_trace": round(cpu / args.traces * 1000, 3),
             "target": TARGET,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         },
