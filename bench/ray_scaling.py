@@ -139,7 +139,7 @@ def main() -> int:
     parser.add_argument("--delay", type=float, default=0.1)
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight per actor")
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--rows-per-block", type=int, default=128)
+    parser.add_argument("--rows-per-block", type=int, default=512)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
     args = parser.parse_args()
 

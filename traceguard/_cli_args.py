@@ -248,6 +248,6 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     engine.add_argument(
         "--ray-block-rows",
         type=int,
-        default=256,
+        default=512,
         help="traces per block (the unit an actor audits and the run commits)",
     )

@@ -59,8 +59,10 @@ class RayOptions:
     """GPUs reserved by each actor (1 for a local model on a GPU node; 0 for a served backend)."""
     cpus_per_actor: float = 1.0
     """CPUs reserved by each actor."""
-    rows_per_block: int = 256
-    """Traces per block: the unit of work sent to an actor and of commit."""
+    rows_per_block: int = 512
+    """Traces per block: the unit of work sent to an actor and of commit. Large enough that
+    the calls still in flight at the end of a block (the block's tail, when the actor's
+    concurrency is not used in full) are a small share of it."""
 
 
 def _import_ray() -> Any:
