@@ -272,3 +272,38 @@ def test_actors_start_at_different_replicas() -> None:
     assert config["auditor"]["backend"]["endpoints"] == urls  # the shipped spec is not changed
     single = {"auditor": {"kind": "baseline"}}
     assert _spread_endpoints(single, 5) is single
+
+
+def test_only_the_ray_engine_imports_ray() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, traceguard, traceguard.audit, traceguard.cli, traceguard.config;"
+        "print(','.join(m for m in ('ray', 'pyarrow') if m in sys.modules))"
+    )
+    light = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert light.returncode == 0 and light.stdout.strip() == "", light.stdout + light.stderr
+    code = "import sys, traceguard.audit.ray_engine; print('ray' in sys.modules)"
+    engine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # The engine's module itself stays importable without starting anything; Ray loads on run.
+    assert engine.returncode == 0, engine.stderr
+
+
+def test_without_ray_the_error_names_the_extra(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    log = write_log(tmp_path / "log.jsonl", 1)
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from traceguard.audit.ray_engine import run_audit_ray\n"
+        "from traceguard.config import GuardConfig\n"
+        "config = GuardConfig.from_mapping({'auditor': {'kind': 'baseline'}})\n"
+        "try:\n"
+        f"    run_audit_ray({str(log)!r}, {str(tmp_path / 'o.jsonl')!r}, config)\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "pip install 'traceguard-vl[ray]'" in out.stdout, out.stdout + out.stderr
