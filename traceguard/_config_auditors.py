@@ -183,6 +183,8 @@ class LocalBackendSpec(Spec):
     """The transformers class to load (default: by the checkpoint; LLaVA-OneVision for
     LlavaGuard)."""
     name: str | None = None
+    prefix_cache_tokens: int = Field(default=8192, ge=0)
+    """Key/value cache kept for prompts that extend a recent one (a stream's checkpoints)."""
 
     def build(self, *, default_model_class: str | None = None) -> ChatBackend:
         """The backend (loads nothing until the first call)."""
@@ -200,6 +202,7 @@ class LocalBackendSpec(Spec):
             batch_size=self.batch_size,
             trust_remote_code=self.trust_remote_code,
             model_class=self.model_class or default_model_class,
+            prefix_cache_tokens=self.prefix_cache_tokens,
         )
 
 

@@ -19,8 +19,13 @@ def tiny_qwen_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backend(tiny_qwen_path: Path) -> Iterator[TransformersBackend]:
-    """A loaded backend on the tiny checkpoint, shared by the tests that do not mutate it."""
-    backend = TransformersBackend(tiny_qwen_path, batch_size=8)
+    """A loaded backend on the tiny checkpoint, shared by the tests that do not mutate it.
+
+    Without the prefix cache: these tests count batched passes and compare repeated scores
+    exactly, and a cache shared across tests would answer some of them from earlier ones
+    (tests/streaming/test_prefix_cache.py covers the cache).
+    """
+    backend = TransformersBackend(tiny_qwen_path, batch_size=8, prefix_cache_tokens=0)
     backend.load()
     yield backend
     backend.close()

@@ -38,6 +38,7 @@ class LocalOptions(TypedDict, total=False):
     batch_size: int
     trust_remote_code: bool
     model_class: str | None
+    prefix_cache_tokens: int
 
 
 class ServedOptions(TypedDict, total=False):

@@ -18,7 +18,13 @@ from typing import Any, Generic, Protocol, TypeVar
 from traceguard.backends._base import ChatMessage, ChatRequest, TokenDistribution
 from traceguard.backends._torch_runtime import LoadedModel
 
-__all__ = ["MAX_SHARED_TAIL", "ScoreGroup", "group_shared_prefills", "score_groups"]
+__all__ = [
+    "MAX_SHARED_TAIL",
+    "ScoreGroup",
+    "group_shared_prefills",
+    "merged_logprobs",
+    "score_groups",
+]
 
 MAX_SHARED_TAIL = 16
 """A shared pass keeps logits for its last (longest tail + 1) positions over the whole vocabulary
@@ -121,7 +127,7 @@ def score_groups(
     cut = [group.prepared.truncated for group in groups for _ in group.members]
     distributions = [
         TokenDistribution(
-            logprobs=_merged(rt, row_values, row_ids),
+            logprobs=merged_logprobs(rt, row_values, row_ids),
             latency_ms=latency_ms,
             model=model_name,
             truncated=truncated,
@@ -137,7 +143,8 @@ def score_groups(
     return out
 
 
-def _merged(rt: LoadedModel, values: list[float], token_ids: list[int]) -> dict[str, float]:
+def merged_logprobs(rt: LoadedModel, values: list[float], token_ids: list[int]) -> dict[str, float]:
+    """Top-k (log-probability, token id) pairs as decoded token → log-probability."""
     merged: dict[str, float] = {}
     for logprob, token_id in zip(values, token_ids, strict=True):
         key = rt.tokenizer.decode([token_id], skip_special_tokens=False)

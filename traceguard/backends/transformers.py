@@ -19,7 +19,10 @@ What one call does, per batch of ``batch_size`` requests:
 
 Token scores share prefills: requests with the same messages whose prompts (after tokenisation)
 are prefixes of one another are answered from one forward pass over the longest
-(:mod:`traceguard.backends._shared_prefill`).
+(:mod:`traceguard.backends._shared_prefill`). Across calls, the key/value cache of recent prompts
+is kept (``prefix_cache_tokens``): a prompt that starts like one of them (the next checkpoint of
+a stream, whose thinking grew) is computed from where they part
+(:mod:`traceguard.backends._prefix_cache`).
 
 Audited text is hostile: strings that spell the model's control tokens (``<|im_end|>``,
 ``<|image_pad|>``, ...) are defused before tokenisation, so a trace cannot close its own turn or
@@ -61,6 +64,7 @@ from traceguard.backends._defuse import (
     control_token_pattern,
     defuse_control_tokens,
 )
+from traceguard.backends._prefix_cache import PrefixCache, PrefixCacheStats, score_with_prefix
 from traceguard.backends._qwen_prompt import cut_user_text, vision_ids
 from traceguard.backends._qwen_vision import prepare_for_model
 from traceguard.backends._shared_prefill import ScoreGroup, group_shared_prefills, score_groups
@@ -132,6 +136,11 @@ class TransformersBackend(ChatBackend):
         model_class: the transformers class to load with, by name; default
             ``Qwen2_5_VLForConditionalGeneration`` (``AutoModelForImageTextToText`` also works).
         name: the model name reported in completions; default: the folder name or hub id.
+        prefix_cache_tokens: token scores keep the key/value cache of recent prompts, up to
+            this many tokens in all, and a prompt that extends one of them (a stream's next
+            checkpoint) computes only its new tokens. Memory per token: layers × 2 × key/value
+            heads × head size × bytes per value (GuardTrace-VL-3B: 36 KiB in bfloat16, so the
+            default 8192 tokens hold about 300 MiB). 0 turns it off.
 
     Raises:
         ConfigurationError: torch or transformers is not installed, or an option is invalid.
@@ -151,6 +160,7 @@ class TransformersBackend(ChatBackend):
         trust_remote_code: bool = False,
         model_class: str | None = None,
         name: str | None = None,
+        prefix_cache_tokens: int = 8192,
     ) -> None:
         require_torch("TransformersBackend")
         check_dtype(dtype)
@@ -158,6 +168,8 @@ class TransformersBackend(ChatBackend):
             raise ConfigurationError("batch_size must be at least 1")
         if max_input_tokens < 16:
             raise ConfigurationError("max_input_tokens must be at least 16")
+        if prefix_cache_tokens < 0:
+            raise ConfigurationError("prefix_cache_tokens must not be negative")
         if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
             raise ConfigurationError("min_pixels must not exceed max_pixels")
         self.model_path = str(model)
@@ -172,6 +184,8 @@ class TransformersBackend(ChatBackend):
         self.model_class = model_class
         local = Path(model)
         self.name = name or (local.name if local.exists() else str(model))
+        self.prefix_cache_tokens = prefix_cache_tokens
+        self._prefixes = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
         self._runtime = Lazy(self._load)
         # One lock for loading and running: a PyTorch model is not safe to drive from two threads.
         self._lock = self._runtime.lock
@@ -201,8 +215,16 @@ class TransformersBackend(ChatBackend):
         return self._ensure_loaded().processor
 
     def close(self) -> None:
-        """Drop the model; the next call loads it again."""
-        self._runtime.drop()
+        """Drop the model (and the prefix cache); the next call loads it again."""
+        with self._lock:
+            if self._prefixes is not None:
+                self._prefixes.clear()
+            self._runtime.drop()
+
+    @property
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        """What the prefix cache saved so far (all zero when it is off)."""
+        return self._prefixes.stats if self._prefixes is not None else PrefixCacheStats()
 
     def _ensure_loaded(self) -> _Runtime:
         return self._runtime.get()
@@ -285,16 +307,63 @@ class TransformersBackend(ChatBackend):
             results: list[ScoreResult | None] = [None] * len(requests)
             ready = self._prepare_all(runtime, requests, results)
             groups = group_shared_prefills(requests, ready, runtime.vision_ids)
+            alone, batched = self._prefix_cached(requests, groups)
 
             def score(rt: _Runtime, batch: list[_ScoreGroup]) -> list[list[TokenDistribution]]:
                 inputs = self._encode(rt, [group.prepared for group in batch])
                 return score_groups(rt, inputs, batch, top_k, model_name=self.name)
 
-            outputs = self._in_batches(runtime, groups, score)
-            for group, output in zip(groups, outputs, strict=True):
+            outputs: list[list[TokenDistribution] | AuditorError] = []
+            for group in alone:
+                try:
+                    outputs.append(self._score_cached(runtime, requests, group, top_k))
+                except Exception as exc:
+                    outputs.append(as_auditor_error(exc))
+            in_batches = self._in_batches(runtime, batched, score)
+            outputs.extend(in_batches)
+            for group, output in zip([*alone, *batched], outputs, strict=True):
                 for n, (i, _) in enumerate(group.members):
                     results[i] = output if isinstance(output, AuditorError) else output[n]
             return _filled(results)
+
+    def _prefix_cached(
+        self, requests: Sequence[ChatRequest], groups: list[_ScoreGroup]
+    ) -> tuple[list[_ScoreGroup], list[_ScoreGroup]]:
+        """The groups scored one by one through the prefix cache, and those batched.
+
+        A lone prompt (a checkpoint, a single audit) always goes through the cache; in a batch,
+        only the text prompts that extend a cached one do, and the rest keep batching.
+        """
+        if self._prefixes is None:
+            return [], groups
+        if len(groups) == 1:
+            return groups, []
+        alone, batched = [], []
+        for group in groups:
+            key = _image_key(requests[group.members[0][0]])
+            prepared = group.prepared
+            found = None if key else self._prefixes.best(key, prepared.text_ids)
+            if found is not None and found[2] * 2 >= len(prepared.text_ids):
+                alone.append(group)
+            else:
+                batched.append(group)
+        return alone, batched
+
+    def _score_cached(
+        self, rt: _Runtime, requests: Sequence[ChatRequest], group: _ScoreGroup, top_k: int
+    ) -> list[TokenDistribution]:
+        assert self._prefixes is not None
+        return score_with_prefix(
+            rt,
+            self._prefixes,
+            self._encode(rt, [group.prepared]),
+            key=_image_key(requests[group.members[0][0]]),
+            offsets=[offset for _, offset in group.members],
+            vision_ids=rt.vision_ids,
+            top_k=top_k,
+            truncated=group.prepared.truncated,
+            model_name=self.name,
+        )
 
     def _run(
         self,
@@ -471,6 +540,16 @@ class TransformersBackend(ChatBackend):
                 )
             )
         return results
+
+
+def _image_key(request: ChatRequest) -> tuple[str, ...]:
+    """The request's images by content: a cached prefix is only shared with the same images."""
+    return tuple(
+        part.image.identity()
+        for message in request.messages
+        for part in message.content
+        if isinstance(part, ImagePart)
+    )
 
 
 def _filled(results: list[Any]) -> list[Any]:
