@@ -16,6 +16,7 @@ The same file configures the library (``Guard.from_config("guard.yaml")``), the 
     sinks:
       - {kind: jsonl, path: audit.jsonl}
     review: {path: review.sqlite}
+    checkpoints: {every_tokens: 128}  # audit streamed thinking before it ends
     serve: {upstream: {url: http://127.0.0.1:8000/v1}, keys: [...]}  # traceguard serve
 
 Rules the model enforces:
@@ -74,6 +75,7 @@ from traceguard._config_auditors import (
     resolve_path,
     url_without_secrets,
 )
+from traceguard._config_checkpoints import CheckpointsSpec
 from traceguard._config_files import ConfigDocument, describe_validation_error, read_document
 from traceguard._config_serve import ServeSpec
 from traceguard._exceptions import ConfigurationError
@@ -82,6 +84,7 @@ from traceguard._policy import Policy
 
 if TYPE_CHECKING:
     from traceguard._auditor import Auditor
+    from traceguard._checkpoints import AuditSchedule
     from traceguard._guard import Guard
     from traceguard._sinks import Sink
 
@@ -89,6 +92,7 @@ __all__ = [
     "AuditorSpec",
     "BackendSpec",
     "BaselineSpec",
+    "CheckpointsSpec",
     "GuardConfig",
     "GuardTraceSpec",
     "HoliSafeSpec",
@@ -291,6 +295,8 @@ class GuardConfig(Spec):
     images: ImagesSpec = Field(default_factory=ImagesSpec)
     sinks: tuple[SinkSpec, ...] = ()
     review: ReviewSpec | None = None
+    checkpoints: CheckpointsSpec | None = None
+    """When streaming integrations and the proxy audit a stream before it ends."""
     serve: ServeSpec | None = None
     """How ``traceguard serve`` runs (:mod:`traceguard._config_serve`); other uses ignore it."""
 
@@ -348,6 +354,12 @@ class GuardConfig(Spec):
         """The policy."""
         return self.policy
 
+    def build_checkpoints(self) -> AuditSchedule | None:
+        """The checkpoint schedule, with its own auditor if the section names one."""
+        if self.checkpoints is None:
+            return None
+        return self.checkpoints.schedule(self.images.access())
+
     def build_sinks(self) -> list[Sink]:
         """The sinks, then the review queue if configured. If one cannot be built, those
         already built are closed."""
@@ -368,11 +380,15 @@ class GuardConfig(Spec):
         from traceguard import Guard
 
         sinks = self.build_sinks()
+        auditor: Auditor | None = None
         try:
             auditor = self.build_auditor()
+            checkpoints = self.build_checkpoints()
         except BaseException:
             for sink in sinks:
                 sink.close()
+            if auditor is not None:
+                auditor.close()
             raise
         review = self.review
         return Guard(
@@ -383,6 +399,7 @@ class GuardConfig(Spec):
             owns_auditor=True,
             on_escalate="wait" if review is not None and review.wait else "fallback",
             review_timeout=review.wait_timeout if review is not None else 300.0,
+            checkpoints=checkpoints,
         )
 
     # -- facts the command line and the runners need ---------------------------------------------

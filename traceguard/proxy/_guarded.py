@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from traceguard._checkpoints import AsyncBackgroundAudit
 from traceguard._exceptions import Blocked
 from traceguard._streaming import StreamOptions, StreamState
 
@@ -298,7 +299,9 @@ class _Exchange:
         )
         buffer = spec.stream.mode == "buffer"
         adapter = self.api.adapter(self.context, buffer=buffer)
-        state: StreamState[Any] = StreamState(adapter, options)
+        state: StreamState[Any] = StreamState(
+            adapter, options, checkpoints=self.client.guard.checkpoints
+        )
         relay = StreamRelay(self.api, state, max_buffer_bytes=spec.limits.max_response_bytes)
         base = client_headers(response, decoded=True)
         if not buffer:
@@ -320,6 +323,7 @@ class _StreamShell:
         self.out = out
         self.response = response
         self.metrics = exchange.proxy.metrics
+        self.audits: AsyncBackgroundAudit[bytes] = AsyncBackgroundAudit(self._checkpoint_audit)
 
     def _decided(self) -> list[tuple[str, str]]:
         headers = decision_headers(self.relay.state.decisions)
@@ -331,19 +335,49 @@ class _StreamShell:
         ex = self.exchange
         return await ex.proxy.audit(ex.client, ex.api, traces)
 
+    async def _checkpoint_audit(self, traces: list[Any]) -> list[Any]:
+        ex = self.exchange
+        return await ex.proxy.audit(ex.client, ex.api, traces, checkpoint=True)
+
     async def _take(self, frame: Any) -> bool:
         """Handle one frame; True when the stream was ended early."""
         step = self.relay.on_frame(frame)
+        decided = self.audits.done()
+        if decided is not None and await self._heard(decided):
+            return True
         if step.early:
+            # The thinking-done audit holds the stream; a checkpoint in flight is heard first.
+            waited = await self.audits.wait()
+            if waited is not None and await self._heard(waited):
+                return True
             ending = self.relay.after_early(await self._audit(step.early))
             if ending is not None:
-                await self.response.aclose()  # stop paying for tokens nobody will see
-                self._stopped("early_stop")
-                await self.out.write(ending, headers=self._decided())
-                await self.out.end()
+                await self._end_early(ending, "early_stop")
                 return True
+        else:
+            self._start_checkpoint()
         await self.out.write(step.release)
         return False
+
+    def _start_checkpoint(self) -> None:
+        traces = self.relay.checkpoint_traces()
+        if traces:
+            self.audits.start(traces)
+
+    async def _heard(self, decisions: list[Any]) -> bool:
+        """A finished checkpoint's decisions; True when they ended the stream."""
+        ending = self.relay.after_checkpoint(decisions)
+        if ending is None:
+            return False
+        await self._end_early(ending, "checkpoint_stop")
+        return True
+
+    async def _end_early(self, ending: bytes, reason: str) -> None:
+        await self.audits.cancel()
+        await self.response.aclose()  # stop paying for tokens nobody will see
+        self._stopped(reason)
+        await self.out.write(ending, headers=self._decided())
+        await self.out.end()
 
     def _stopped(self, reason: str) -> None:
         self.metrics.inc("traceguard_proxy_stream_stops_total", reason=reason)
@@ -351,17 +385,10 @@ class _StreamShell:
 
     async def run(self) -> None:
         try:
-            async for data in self.response.aiter_bytes():
-                for frame in self.relay.feed(data):
-                    if await self._take(frame):
-                        return
-            for frame in self.relay.finish():
-                if await self._take(frame):
-                    return
-            final = await self._audit(self.relay.final_traces())
-            tail = self.relay.after_final(final)
-            await self.out.write(tail, headers=self._decided())
-            await self.out.end(headers=self._decided())
+            try:
+                await self._relay_all()
+            finally:
+                await self.audits.cancel()
         except Blocked as exc:
             await self.response.aclose()
             self._stopped("blocked")
@@ -383,6 +410,32 @@ class _StreamShell:
             self._stopped("client_closed")
             await self._partial("closed")
             raise
+
+    async def _relay_all(self) -> None:
+        """Relay every upstream read; a checkpoint that ends in between is heard at once."""
+        reads = self.response.aiter_bytes().__aiter__()
+        while True:
+            data, decided = await self.audits.pull(reads)
+            if decided is not None:
+                if await self._heard(decided):
+                    return
+                self._start_checkpoint()  # one fell due while that one ran
+                continue
+            if data is None:
+                break
+            for frame in self.relay.feed(data):
+                if await self._take(frame):
+                    return
+        for frame in self.relay.finish():
+            if await self._take(frame):
+                return
+        waited = await self.audits.wait()
+        if waited is not None and await self._heard(waited):
+            return
+        final = await self._audit(self.relay.final_traces())
+        tail = self.relay.after_final(final)
+        await self.out.write(tail, headers=self._decided())
+        await self.out.end(headers=self._decided())
 
     async def _partial(self, cause: Literal["closed", "upstream_error"]) -> None:
         try:

@@ -8,6 +8,8 @@ the very bytes it came in, a chunk the guard edited or made is written anew.
 Protocol, driven by the I/O shell (``_guarded.py``): per upstream read, :meth:`feed`; per frame,
 :meth:`on_frame` → send ``release``; if ``early`` holds traces, audit them *before* sending and
 pass the decisions to :meth:`after_early` (bytes back: send them, close the upstream, stop).
+Otherwise audit :meth:`checkpoint_traces` in the background and hand the decisions to
+:meth:`after_checkpoint` when they come (the same answer as :meth:`after_early`).
 At the end :meth:`finish`, audit :meth:`final_traces`, send :meth:`after_final`. A stream cut
 short audits :meth:`partial_traces` and records :meth:`after_partial`, as the wrapper does.
 """
@@ -125,6 +127,18 @@ class StreamRelay:
         """None to go on; else the bytes that end the stream (the upstream must be closed).
         Raises :class:`~traceguard.Blocked` when blocks are errors."""
         ending = self.state.after_early(decisions)
+        if ending is None:
+            return None
+        return self.encode(ending) + (self.api.done_frame or b"")
+
+    def checkpoint_traces(self) -> list[Trace]:
+        """Partial output to audit in the background (none while a checkpoint is in flight)."""
+        return self.state.checkpoint_traces()
+
+    def after_checkpoint(self, decisions: Sequence[Decision]) -> bytes | None:
+        """A checkpoint's decisions: None to go on; else the bytes that end the stream (the
+        upstream must be closed). Raises :class:`~traceguard.Blocked` when blocks are errors."""
+        ending = self.state.after_checkpoint(decisions)
         if ending is None:
             return None
         return self.encode(ending) + (self.api.done_frame or b"")

@@ -90,6 +90,8 @@ class Proxy:
         ]
         try:
             auditor = config.build_auditor()
+            # One schedule (and checkpoint auditor) for every client's guard; the main one owns it.
+            self.checkpoints = config.build_checkpoints()
         except BaseException:
             for sink in sinks:
                 sink.close()
@@ -114,8 +116,9 @@ class Proxy:
         self.keys = KeyRing(clients, open_client=open_client)
         self.upstream = Upstream(spec.upstream.url, spec.upstream)
 
-    @staticmethod
-    def _guard(auditor: object, policy: Policy, sinks: Sequence[Sink], *, owns: bool) -> Guard:
+    def _guard(
+        self, auditor: object, policy: Policy, sinks: Sequence[Sink], *, owns: bool
+    ) -> Guard:
         return Guard(
             auditor,  # type: ignore[arg-type]
             policy,
@@ -123,6 +126,7 @@ class Proxy:
             raise_on_block=False,
             background_slow_sinks=False,
             owns_auditor=owns,
+            checkpoints=self.checkpoints,
         )
 
     # -- admission ----------------------------------------------------------------------------
@@ -189,13 +193,23 @@ class Proxy:
     # -- auditing -----------------------------------------------------------------------------
 
     async def audit(
-        self, client: Client, api: GuardedApi, traces: Sequence[Trace]
+        self,
+        client: Client,
+        api: GuardedApi,
+        traces: Sequence[Trace],
+        *,
+        checkpoint: bool = False,
     ) -> list[Decision]:
         """``client``'s guard on ``traces``, counted in the metrics (never raises for an
-        auditor failure: that is a verdict the policy acts on)."""
+        auditor failure: that is a verdict the policy acts on). ``checkpoint``: the partial
+        output of a stream, audited by the checkpoint guard, never waiting for a reviewer."""
         started = time.perf_counter()
         with span("traceguard.audit", api=api.name, client=client.name, traces=len(traces)) as s:
-            decisions = await client.guard.acheck_batch(traces)
+            if checkpoint:
+                guard = client.guard.checkpoint_guard
+                decisions = await guard.acheck_batch(traces, wait_for_review=False)
+            else:
+                decisions = await client.guard.acheck_batch(traces)
             if s is not None:
                 s.set_attribute("traceguard.actions", ",".join(d.action.value for d in decisions))
         metrics = self.metrics
