@@ -10,7 +10,10 @@ the interrupt's value is small and carries no audited text::
 The item waits in the guard's :class:`~traceguard.ReviewQueue` (with the thread id). Resuming
 with ``Command(resume=outcome)`` (``ReviewOutcome.to_dict()``, or just ``"approved"`` /
 ``"rejected"``) makes the gate return: approved, the held output goes on as if allowed;
-rejected, the decision blocks (the node answers with the policy's refusal). Without a
+rejected, the decision blocks (the node answers with the policy's refusal). The queue is the
+source of truth: its record wins over the resume value, and an approval it does not record
+releases nothing (the node pauses again), so a caller who can resume a thread cannot approve
+its own output. Without a queue the resume value is trusted as it is. Without a
 checkpointer or a thread id nothing can pause: the gate returns the policy's fallback
 disposition (or, if the guard has ``on_escalate="wait"``, waits for the reviewer in place).
 
@@ -200,13 +203,45 @@ def _replayed(guard: Guard, gate: _Gate, item: Escalation) -> Decision | None:
     return dataclasses.replace(decision, escalation_id=item.escalation_id)
 
 
-def _store_outcome(queue: ReviewQueue | None, escalation_id: str) -> ReviewOutcome | None:
-    if queue is None:
-        return None
+def _store_outcome(queue: ReviewQueue, escalation_id: str) -> ReviewOutcome | None:
     try:
         return queue.store.outcome(escalation_id)[1]
     except Exception:
+        return None  # unknown reads as "no decision recorded", never as an approval
+
+
+def _checked(
+    outcome: ReviewOutcome, queue: ReviewQueue | None, escalation_id: str
+) -> ReviewOutcome | None:
+    """The outcome to act on for a resume value, or None to keep waiting.
+
+    With a queue, the queue is the source of truth: a resume value is only a wake-up call,
+    since whoever can call ``Command(resume=...)`` (an agent server's API client, say) is not
+    necessarily a reviewer. The queue's record wins over any value; an approval the queue does
+    not record releases nothing (the gate pauses again). A rejection or a timeout without a
+    record is honoured: it only holds the output back. Without a queue there is no record to
+    check, and the caller's value is all there is.
+    """
+    if queue is None:
+        return outcome
+    recorded = _store_outcome(queue, escalation_id)
+    if recorded is not None:
+        if recorded.resolution != outcome.resolution:
+            logger.warning(
+                "escalation %s resumed as %s but the queue records %s by %s: using the queue",
+                escalation_id,
+                outcome.resolution,
+                recorded.resolution,
+                recorded.reviewer,
+            )
+        return recorded
+    if outcome.resolution == "approved":
+        logger.warning(
+            "escalation %s resumed as approved but the queue records no decision: still held",
+            escalation_id,
+        )
         return None
+    return outcome
 
 
 def _pause(decision: Decision, gate: _Gate, queue: ReviewQueue | None) -> Decision:
@@ -217,19 +252,11 @@ def _pause(decision: Decision, gate: _Gate, queue: ReviewQueue | None) -> Decisi
         outcome = _outcome_of(interrupt(_payload(decision)), escalation_id)
         if outcome is None:
             continue  # a resume value for another item this node raised before: pause again
-        recorded = _store_outcome(queue, escalation_id)
-        if recorded is not None and recorded.resolution != outcome.resolution:
-            # The queue holds the reviewer's record; a resume value saying otherwise loses.
-            logger.warning(
-                "escalation %s resumed as %s but the queue records %s by %s: using the queue",
-                escalation_id,
-                outcome.resolution,
-                recorded.resolution,
-                recorded.reviewer,
-            )
-            outcome = recorded
+        checked = _checked(outcome, queue, escalation_id)
+        if checked is None:
+            continue  # an approval no reviewer recorded: pause again
         return decision.after_review(
-            outcome, thinking=gate.trace.thinking, response=gate.trace.response
+            checked, thinking=gate.trace.thinking, response=gate.trace.response
         )
     return decision
 
@@ -262,8 +289,8 @@ def pause_for_review(
     The split form of :func:`review_gate` for middleware that audits in one node (the model
     call) and pauses in a later one (``after_model``), so the re-run on resume repeats only the
     pause, never the model call. ``thinking`` and ``response`` are the held output's (approved,
-    they go on as allowed). ``queue`` (the guard's ``review_queue``) overrides a resume value
-    that disagrees with the reviewer's record.
+    they go on as allowed). ``queue`` (the guard's ``review_queue``) is the source of truth:
+    its record overrides the resume value, and an approval it does not record pauses again.
     """
     if not decision.escalated or decision.escalation_id is None:
         raise ValueError("only an escalation with an escalation_id can pause for review")
