@@ -20,11 +20,12 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, GenerationChunk, LLMResult
 
 from traceguard._chat import RequestContext
+from traceguard._checkpoints import AsyncBackgroundAudit, BackgroundAudit, CheckpointClock
 from traceguard._decision import Decision
 from traceguard._exceptions import Blocked, Escalated
 from traceguard._guard import Guard
 from traceguard._reasoning import ReasoningStream, split_think_tags
-from traceguard._trace import ToolCall, Trace
+from traceguard._trace import Stage, ToolCall, Trace
 
 from ._langchain_messages import output_of, request_context, warn_hidden_reasoning
 from ._langchain_tool_calls import PendingToolCalls, ToolGate, gate_tool_call, run_metadata
@@ -45,6 +46,9 @@ class _Run:
     context: RequestContext
     stream: ReasoningStream = field(default_factory=ReasoningStream)
     streamed: bool = False
+    clock: CheckpointClock | None = None
+    """When the guard has a checkpoint schedule: which tokens make a checkpoint due."""
+    audits: BackgroundAudit | AsyncBackgroundAudit[Any] | None = None
 
 
 def _model_name(metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> str | None:
@@ -94,7 +98,11 @@ class _RunRecorder:
             metadata=run_metadata(run_id, parent_run_id, tags, metadata),
         )
         with self._lock:
-            self._runs[run_id] = _Run(context)
+            self._runs[run_id] = self._new_run(context)
+
+    def _new_run(self, context: RequestContext) -> _Run:
+        schedule = self.guard.checkpoints
+        return _Run(context, clock=None if schedule is None else CheckpointClock(schedule))
 
     def start_llm(
         self,
@@ -111,13 +119,13 @@ class _RunRecorder:
             metadata=run_metadata(run_id, parent_run_id, tags, metadata),
         )
         with self._lock:
-            self._runs[run_id] = _Run(context)
+            self._runs[run_id] = self._new_run(context)
 
-    def token(self, token: Any, chunk: Any, run_id: UUID) -> None:
+    def token(self, token: Any, chunk: Any, run_id: UUID) -> _Run | None:
         with self._lock:
             run = self._runs.get(run_id)
         if run is None:
-            return
+            return None
         run.streamed = True
         if isinstance(chunk, ChatGenerationChunk):
             run.stream.feed_langchain_chunk(chunk.message)
@@ -125,6 +133,37 @@ class _RunRecorder:
             run.stream.feed_text(chunk.text)
         elif isinstance(token, str):
             run.stream.feed_text(token)
+        return run
+
+    def run(self, run_id: UUID) -> _Run | None:
+        with self._lock:
+            return self._runs.get(run_id)
+
+    def checkpoint_traces(self, run: _Run, *, in_flight: bool) -> list[Trace]:
+        """The run's partial output to audit now, if a checkpoint is due and none in flight."""
+        if run.clock is None:
+            return []
+        streams = {0: run.stream}
+        if not run.clock.due(streams) or in_flight:
+            return []
+        run.clock.taken(streams)
+        thinking, response = run.stream.result()
+        return [
+            run.context.trace(
+                thinking=thinking,
+                response=response,
+                stage=Stage.CHECKPOINT,
+                metadata={"checkpoint": run.clock.count},
+            )
+        ]
+
+    @staticmethod
+    def heard(decisions: list[Decision] | None) -> None:
+        """A finished checkpoint's decisions: raise to stop the run when one blocks (only a
+        block acts mid-stream; the audit at the end sees all of it and decides the rest)."""
+        for decision in decisions or ():
+            if decision.blocked:
+                raise Escalated(decision) if decision.escalated else Blocked(decision)
 
     def drop(self, run_id: UUID) -> None:
         with self._lock:
@@ -306,10 +345,37 @@ class TraceguardCallbackHandler(_Recording, BaseCallbackHandler):
     calling thread, which there is the event loop.
     """
 
+    def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        **kwargs: Any,
+    ) -> None:
+        """Accumulate a streamed token; with checkpoints, audit the partial output in the
+        background and raise :class:`~traceguard.Blocked` at the first token after one blocks."""
+        recorder = self._recorder
+        run = recorder.token(token, chunk, run_id)
+        if run is None or run.clock is None:
+            return
+        if not isinstance(run.audits, BackgroundAudit):
+            run.audits = BackgroundAudit(self._check_checkpoint)
+        recorder.heard(run.audits.done())
+        traces = recorder.checkpoint_traces(run, in_flight=run.audits.pending)
+        if traces:
+            run.audits.start(traces)
+
+    def _check_checkpoint(self, traces: list[Trace]) -> list[Decision]:
+        return self.guard.checkpoint_guard.check_batch(traces, wait_for_review=False)
+
     # parent_run_id, tags and the rest arrive in ``kwargs``; the end of a run needs none of them.
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         """Audit the run's output; raise :class:`~traceguard.Blocked` to stop it."""
         try:
+            run = self._recorder.run(run_id)
+            if run is not None and isinstance(run.audits, BackgroundAudit):
+                self._recorder.heard(run.audits.wait())
             for trace in self._recorder.traces(response, run_id):
                 self._recorder.act(trace, self.guard.check(trace))
                 self._recorder.tool_calls.remember(trace)
@@ -354,12 +420,38 @@ class AsyncTraceguardCallbackHandler(_HandlerBase, AsyncCallbackHandler):
 
     on_chat_model_start = _awaitable(_Recording.on_chat_model_start)
     on_llm_start = _awaitable(_Recording.on_llm_start)
-    on_llm_new_token = _awaitable(_Recording.on_llm_new_token)
     on_llm_error = _awaitable(_Recording.on_llm_error)
+
+    async def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        **kwargs: Any,
+    ) -> None:
+        """The async twin of :meth:`TraceguardCallbackHandler.on_llm_new_token` (the
+        checkpoint audit runs as a task of the event loop)."""
+        recorder = self._recorder
+        run = recorder.token(token, chunk, run_id)
+        if run is None or run.clock is None:
+            return
+        if not isinstance(run.audits, AsyncBackgroundAudit):
+            run.audits = AsyncBackgroundAudit(self._check_checkpoint)
+        recorder.heard(run.audits.done())
+        traces = recorder.checkpoint_traces(run, in_flight=run.audits.pending)
+        if traces:
+            run.audits.start(traces)
+
+    async def _check_checkpoint(self, traces: list[Trace]) -> list[Decision]:
+        return await self.guard.checkpoint_guard.acheck_batch(traces, wait_for_review=False)
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         """Audit the run's output; raise :class:`~traceguard.Blocked` to stop it."""
         try:
+            run = self._recorder.run(run_id)
+            if run is not None and isinstance(run.audits, AsyncBackgroundAudit):
+                self._recorder.heard(await run.audits.wait())
             for trace in self._recorder.traces(response, run_id):
                 self._recorder.act(trace, await self.guard.acheck(trace))
                 self._recorder.tool_calls.remember(trace)

@@ -16,10 +16,13 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, field_validator
 
+from traceguard._chat import RequestContext
+from traceguard._checkpoints import AsyncBackgroundAudit, BackgroundAudit, CheckpointClock
 from traceguard._decision import Decision
 from traceguard._guard import Guard
+from traceguard._reasoning import ReasoningStream
 from traceguard._streaming import blocked_error
-from traceguard._trace import Trace
+from traceguard._trace import Stage, Trace
 
 from ._langchain_messages import (
     METADATA_KEY,
@@ -64,6 +67,10 @@ class GuardedChatModel(BaseChatModel):
     raising ``Blocked`` then; what was streamed is out, and a redaction cannot be applied to it
     (it is logged). The inner model also streams when LangChain streams ``invoke`` internally
     (``astream_events``, LangGraph ``stream_mode="messages"``), so the same rules hold there.
+
+    With checkpoints on the guard (``Guard(..., checkpoints=AuditSchedule(...))``) the thinking
+    is audited while it streams, in the background and one audit at a time; a blocking
+    checkpoint closes the inner stream and raises ``Blocked`` (README, "Mid-stream auditing").
     """
 
     model: Runnable[LanguageModelInput, BaseMessage]
@@ -106,14 +113,7 @@ class GuardedChatModel(BaseChatModel):
     # -- the shared, I/O-free steps ------------------------------------------------------------
 
     def _trace(self, messages: list[BaseMessage], output: BaseMessage, run_id: Any) -> Trace:
-        context = request_context(
-            messages,
-            model=model_name(self.model),
-            metadata={
-                "integration": "langchain",
-                "run_id": None if run_id is None else str(run_id),
-            },
-        )
+        context = self._context(messages, run_id)
         thinking, response, calls = output_of(output)
         warn_hidden_reasoning(output, thinking, context.model)
         return context.trace(
@@ -122,6 +122,22 @@ class GuardedChatModel(BaseChatModel):
             tool_calls=calls,
             trace_id=None if run_id is None else str(run_id),
         )
+
+    def _context(self, messages: list[BaseMessage], run_id: Any) -> RequestContext:
+        return request_context(
+            messages,
+            model=model_name(self.model),
+            metadata={
+                "integration": "langchain",
+                "run_id": None if run_id is None else str(run_id),
+            },
+        )
+
+    def _check_checkpoint(self, traces: list[Trace]) -> list[Decision]:
+        return self.guard.checkpoint_guard.check_batch(traces, wait_for_review=False)
+
+    async def _acheck_checkpoint(self, traces: list[Trace]) -> list[Decision]:
+        return await self.guard.checkpoint_guard.acheck_batch(traces, wait_for_review=False)
 
     def _apply(self, message: AIMessage, decision: Decision) -> AIMessage:
         """The message ``decision`` lets through, carrying the decision in its
@@ -182,8 +198,21 @@ class GuardedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         buffer = _StreamBuffer(self, messages, _run_id(run_manager))
-        for chunk in self.model.stream(messages, self._config(), stop=stop, **kwargs):
-            yield from buffer.take(chunk)
+        audits = BackgroundAudit(self._check_checkpoint)
+        inner = iter(self.model.stream(messages, self._config(), stop=stop, **kwargs))
+        try:
+            for chunk in inner:
+                released = buffer.take(chunk)
+                buffer.heard(audits.done())  # raises Blocked: the finally closes the inner stream
+                traces = buffer.checkpoint_traces(in_flight=audits.pending)
+                if traces:
+                    audits.start(traces)
+                yield from released
+            buffer.heard(audits.wait())
+        finally:
+            close = getattr(inner, "close", None)
+            if close is not None:
+                close()  # a blocked stream stops the model it reads (and its HTTP request)
         trace = buffer.end()
         yield from buffer.release(self.guard.check(trace))
 
@@ -209,9 +238,29 @@ class GuardedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         buffer = _StreamBuffer(self, messages, _run_id(run_manager))
-        async for chunk in self.model.astream(messages, self._config(), stop=stop, **kwargs):
-            for out in buffer.take(chunk):
-                yield out
+        audits: AsyncBackgroundAudit[Any] = AsyncBackgroundAudit(self._acheck_checkpoint)
+        inner = self.model.astream(messages, self._config(), stop=stop, **kwargs).__aiter__()
+        try:
+            while True:
+                chunk, decided = await audits.pull(inner)
+                if decided is not None:  # heard even while the inner model is silent
+                    buffer.heard(decided)
+                elif chunk is None:
+                    break
+                else:
+                    released = buffer.take(chunk)
+                    buffer.heard(audits.done())
+                    for out in released:
+                        yield out
+                traces = buffer.checkpoint_traces(in_flight=audits.pending)
+                if traces:
+                    audits.start(traces)
+            buffer.heard(await audits.wait())
+        finally:
+            await audits.cancel()
+            close = getattr(inner, "aclose", None)
+            if close is not None:
+                await close()
         trace = buffer.end()
         for out in buffer.release(await self.guard.acheck(trace)):
             yield out
@@ -235,13 +284,44 @@ class _StreamBuffer:
         self._passthrough = model.stream_mode == "passthrough"
         self._chunks: list[AIMessageChunk] = []
         self._message: AIMessage | None = None
+        schedule = model.guard.checkpoints
+        self._clock = None if schedule is None else CheckpointClock(schedule)
+        self._reasoning = ReasoningStream()
 
     def take(self, chunk: Any) -> list[ChatGenerationChunk]:
         """Keep ``chunk``; return what to release now (it, in passthrough mode)."""
         if not isinstance(chunk, AIMessageChunk):
             raise TypeError(f"the guarded runnable streamed {type(chunk).__name__}")
         self._chunks.append(chunk)
+        if self._clock is not None:
+            self._reasoning.feed_langchain_chunk(chunk)
         return [ChatGenerationChunk(message=chunk)] if self._passthrough else []
+
+    def checkpoint_traces(self, *, in_flight: bool) -> list[Trace]:
+        """The partial output to audit now, if a checkpoint is due and none is in flight."""
+        if self._clock is None:
+            return []
+        streams = {0: self._reasoning}
+        if not self._clock.due(streams) or in_flight:
+            return []
+        self._clock.taken(streams)
+        thinking, response = self._reasoning.result()
+        context = self._model._context(self._messages, self._run_id)
+        return [
+            context.trace(
+                thinking=thinking,
+                response=response,
+                stage=Stage.CHECKPOINT,
+                metadata={"checkpoint": self._clock.count},
+            )
+        ]
+
+    def heard(self, decisions: list[Decision] | None) -> None:
+        """A finished checkpoint's decisions: raise when one blocks (only a block acts now;
+        the final audit sees all of it and decides the rest)."""
+        for decision in decisions or ():
+            if decision.blocked:
+                raise blocked_error(decision)
 
     def end(self) -> Trace:
         """The trace of the whole streamed answer."""
