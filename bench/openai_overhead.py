@@ -14,7 +14,7 @@ SDK. Variants, interleaved round by round so drift hits them all alike:
 Each answer carries ``reasoning_content`` so thinking extraction (and, when streaming, the early
 thinking audit) runs. Reported: p50 and p99 latency per call (non-streamed), time to first chunk
 and to last chunk (streamed), the ratio to bare, and the wrapper's own p50 overhead also measured
-directly (the non-I/O steps on an already parsed result, many times).
+directly (the guarded end of ``request`` minus the SDK's own step, on a recorded body).
 
 Usage::
 
@@ -101,19 +101,38 @@ def _time_stream(client: openai.OpenAI) -> tuple[float, float]:
 
 
 def _direct_overhead(client: openai.OpenAI, repeats: int) -> dict[str, float]:
-    """The wrapper's non-I/O work on a parsed result: context, traces, audit, policy, apply."""
+    """The wrapper's own work per answer, without the network: the guarded end of ``request``
+    (``_process_response``: read the body, context, traces, audit, policy, hand the SDK the
+    audited body, attach the decisions) minus the SDK's own step on the same recorded body."""
+    import httpx2
+    from openai._models import FinalRequestOptions
+
+    body = json.dumps(COMPLETION).encode()
+    options = FinalRequestOptions.construct(
+        method="post", url="/chat/completions", json_data={"model": "m", "messages": MESSAGES}
+    )
+    request = httpx2.Request("POST", "http://bench.invalid/v1/chat/completions")
+
+    def once(process: Callable[..., Any]) -> float:
+        response = httpx2.Response(200, content=body, request=request)
+        start = time.perf_counter()
+        result = process(
+            cast_to=ChatCompletion,
+            options=options,
+            response=response,
+            stream=False,
+            stream_cls=None,
+        )
+        elapsed = (time.perf_counter() - start) * 1000
+        assert isinstance(result, ChatCompletion)
+        return elapsed
+
+    sdk = client._process_response  # the SDK's own step, bound before wrapping
     handle = guard_openai(client, Guard(ScriptedAuditor(rule=lambda trace: 0)))
-    completion = ChatCompletion.model_validate(COMPLETION)
-    kwargs = {"model": "m", "messages": MESSAGES}
+    guarded = client._process_response
     samples = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        context = handle.context("chat", kwargs)
-        traces = handle.traces(context, completion)
-        assert traces is not None
-        result = handle.apply(completion, traces, handle.guard.check_batch(traces))
-        samples.append((time.perf_counter() - start) * 1000)
-        assert result is completion
+        samples.append(once(guarded) - once(sdk))
     handle.restore()
     return _summary(samples)
 

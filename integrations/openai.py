@@ -4,94 +4,118 @@
 
     import openai
     from traceguard import Guard
-    from traceguard.integrations.openai import guard_openai
+    from traceguard.integrations.openai import guard_openai, last_decision
 
     client = openai.OpenAI(base_url="http://localhost:8000/v1", api_key="...")
     with guard_openai(client, Guard(auditor)):
         reply = client.chat.completions.create(model="m", messages=[...])  # audited
+        reply.traceguard_decisions                                          # the decisions
 
-``guard_openai`` replaces ``create`` on that client's ``chat.completions`` and ``responses``
-resources only (instance attributes; nothing is patched at import time or on a class). Each call
-runs upstream unchanged; upstream errors propagate as the SDK's own exceptions, unaudited (but a
-passthrough stream audits what it showed, see below). The result is turned into one
-:class:`~traceguard.Trace` per choice (query and images from the last user message, earlier
-messages as history, thinking from ``reasoning_content`` / ``reasoning`` / ``<think>`` tags /
-Responses reasoning items, tool calls), audited, and acted on:
+**What is covered.** The wrapper replaces the client's ``request`` choke point (and the step
+that ends it) on that one instance, so every way of reaching Chat Completions or the Responses
+API is audited, not just ``create``: ``chat.completions.create`` / ``.parse`` / ``.stream``,
+``responses.create`` / ``.parse`` / ``.stream``, their ``with_raw_response`` and
+``with_streaming_response`` forms, and ``client.post(...)``. Clients derived with
+``with_options()`` / ``copy()`` are guarded too, by the same guard with the same options. Calls
+whose output cannot be audited (stored completions and responses, legacy completions,
+assistants, audio, file contents; WebSocket sessions) are refused with
+:class:`UnauditedCallError` under ``strict=True``, and otherwise logged as a warning (the
+WebSocket ones at wrap time); calls that return no generated content (models, embeddings,
+moderations, deletions, uploads) pass. See :mod:`._openai_surfaces`.
 
-- **allow**: the SDK's own object is returned, untouched (the same object);
-- **redact**: a copy of the same type with the thinking removed or the answer replaced;
+Each answer becomes one :class:`~traceguard.Trace` per choice (query and images from the last
+user message, earlier messages as history, thinking from ``reasoning_content`` / ``reasoning`` /
+``<think>`` tags / Responses reasoning items, tool calls), audited, and acted on:
+
+- **allow**: the SDK's own object, of the type the call returns (``ParsedChatCompletion`` for
+  ``parse``, the raw wrapper for ``with_raw_response``);
+- **redact**: the same type, built from the redacted answer (thinking removed, or the answer
+  replaced by the refusal; for structured output the refusal goes in the ``refusal`` field, so
+  ``parsed`` is None rather than a parse error);
 - **block** (and an escalation held as block): :class:`~traceguard.Blocked` /
-  :class:`~traceguard.Escalated` is raised, or with ``on_block="refusal"`` a result of the same
-  type carrying the policy's refusal message is returned instead.
+  :class:`~traceguard.Escalated` is raised, or with ``on_block="refusal"`` the usual type
+  carrying the policy's refusal message.
 
-Streams (``stream=True``) stay ``openai.Stream`` / ``openai.AsyncStream`` instances:
+Every result carries its decisions: ``result.traceguard_decisions`` (also on raw wrappers and
+streams; :func:`decisions_of`), and :func:`last_decision` gives the last call's decision in the
+current thread or task. A model that reports reasoning tokens in its usage but exposes no
+thinking is named in one warning per client, with the fix.
+
+Streams stay ``openai.Stream`` / ``openai.AsyncStream`` instances (the SDK builds them, see
+:mod:`._openai_stream`):
 
 - ``stream_mode="buffer"`` (default): the upstream is read to the end and audited before the
-  first chunk reaches the caller, who then gets the chunks (redacted if so decided). Nothing
-  unaudited is ever released; time to first chunk becomes the whole generation plus the audit.
+  first chunk reaches the caller. Nothing unaudited is ever released.
 - ``stream_mode="passthrough"``: chunks are released as they arrive and the audit runs once, at
   the end, raising ``Blocked`` then. **Leak window:** everything streamed before the end was
   shown unaudited, and a redaction cannot be taken back (the decision is on
-  ``stream.decisions``). Use it only where a late retraction is acceptable. A stream cut short
-  (``close()``, leaving a ``with`` block, garbage collection, an upstream error mid-stream) still
-  audits what was shown, once, and records it in the sinks (``Trace.stage`` is ``Stage.PARTIAL``,
-  metadata ``cut`` is ``"closed"`` or ``"upstream_error"``): closing never raises ``Blocked``
-  (the decision goes on ``stream.decisions`` and a warning is logged), and an upstream error
-  propagates unchanged.
-- ``early_stop=True`` (default): as soon as the thinking is complete (``</think>`` or the first
-  answer token after reasoning deltas), the thinking alone is audited; if that blocks, the
-  upstream connection is closed at once, instead of paying for the rest of the generation.
-  This costs one extra audit per streamed answer that exposes its thinking.
+  ``stream.decisions``). A stream cut short still audits what was shown, once (``Stage.PARTIAL``,
+  metadata ``cut``), without raising from ``close()``.
+- ``early_stop=True`` (default): finished thinking is audited at once; if that blocks, the
+  upstream connection is closed instead of paying for the rest of the generation.
 - checkpoints (``Guard(..., checkpoints=AuditSchedule(...))``): the thinking is also audited
   while it streams, in the background, and a blocking checkpoint closes the upstream at once
   (README, "Mid-stream auditing").
 
-Not covered: ``with_raw_response`` / ``with_streaming_response`` (raw HTTP access; passed through
-unaudited with a warning), ``chat.completions.parse`` / ``.stream`` helpers, and copies made by
-``client.with_options()`` / ``client.copy()`` (guard the copy itself).
+Before the caller runs the tool calls of an answer, :func:`check_tool_calls` audits each one
+with the reasoning that led to it (the tool gate, see :mod:`traceguard._tools`).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from traceguard._decision import Decision
 from traceguard._exceptions import ConfigurationError
 from traceguard._guard import Guard
-from traceguard._streaming import (
-    StreamAdapter,
-    StreamOptions,
-    StreamState,
-    blocked_error,
-    edit_for,
-)
-from traceguard._trace import Trace
-
-from ._openai_chat_stream import ChatStreamAdapter
-from ._openai_request import RequestContext, chat_request_context, responses_request_context
-from ._openai_responses_stream import ResponsesStreamAdapter
-from ._openai_result import chat_traces, edit_chat, edit_response, response_trace
+from traceguard._openai_chat_stream import ChatStreamAdapter
+from traceguard._openai_responses_stream import ResponsesStreamAdapter
+from traceguard._streaming import StreamAdapter, StreamOptions, StreamState
+from traceguard._trace import Stage, Trace
 
 try:
     import openai
-    from openai.types.chat import ChatCompletion
-    from openai.types.responses import Response
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    from traceguard._version import install_hint
+
     raise ImportError(
-        "traceguard.integrations.openai needs the openai SDK: pip install 'traceguard-vl[openai]'"
+        f"traceguard.integrations.openai needs the openai SDK: {install_hint('openai')}"
     ) from exc
 
-from ._openai_stream import GuardedAsyncStream, GuardedStream
+from ._openai_decisions import (
+    DECISIONS_ATTR,
+    decisions_of,
+    last_decision,
+    last_decisions,
+    record_last,
+)
+from ._openai_hooks import Plan, async_hooks, context_of, is_raw, sync_hooks
+from ._openai_stream import GuardedAsyncStream, GuardedStream, StreamCall, stream_class
+from ._openai_surfaces import (
+    WEBSOCKET_SURFACES,
+    UnauditedCallError,
+    classify,
+    is_structured,
+    request_body,
+)
+from ._openai_tools import ToolCallCheck, ToolCallReview, acheck_tool_calls, check_tool_calls
 
 __all__ = [
     "GuardedAsyncStream",
     "GuardedClient",
     "GuardedStream",
+    "ToolCallCheck",
+    "ToolCallReview",
+    "UnauditedCallError",
+    "acheck_tool_calls",
+    "check_tool_calls",
+    "decisions_of",
     "guard_openai",
+    "last_decision",
+    "last_decisions",
     "unguard_openai",
 ]
 
@@ -100,16 +124,17 @@ logger = logging.getLogger("traceguard.integrations.openai")
 _HANDLE_ATTR = "_traceguard_guarded"
 _MISSING = object()
 _DEFAULT_REFUSAL = "I can't help with that request."
+_HOOKED = ("request", "_process_response", "copy", "with_options")
 
-Api = Literal["chat", "responses"]
 Client = openai.OpenAI | openai.AsyncOpenAI
 
-
-@dataclass(frozen=True)
-class _Pending:
-    """A non-streamed result's traces, to be audited before the result is returned."""
-
-    traces: list[Trace]
+_HIDDEN_REASONING = (
+    "traceguard: %s reported %d reasoning tokens but exposed no thinking, so the guard audited "
+    "the answer without it. Expose the thinking: start the model server with a reasoning parser "
+    "(vLLM/SGLang --reasoning-parser) so it returns reasoning_content, or keep the <think> tags "
+    "in the content; on the Responses API ask for reasoning summaries "
+    "(reasoning={'summary': 'auto'})."
+)
 
 
 class GuardedClient:
@@ -119,51 +144,86 @@ class GuardedClient:
         client: the wrapped client (the very object passed to :func:`guard_openai`).
         guard: the guard auditing its calls.
         options: stream mode, early stop, block handling and refusal text in use.
+        strict: True when calls the guard cannot audit are refused.
+        derived: the handles of clients made from this one by ``with_options()`` / ``copy()``.
     """
 
-    def __init__(self, client: Client, guard: Guard, options: StreamOptions) -> None:
+    def __init__(self, client: Client, guard: Guard, options: StreamOptions, *, strict: bool):
         self.client = client
         self.guard = guard
         self.options = options
-        self._saved: list[tuple[Any, Any]] = []
+        self.strict = strict
+        self.derived: list[GuardedClient] = []
+        self._saved: list[tuple[Any, str, Any]] = []
         self._active = False
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
 
     @property
     def active(self) -> bool:
         """True while the client's calls are being audited."""
         return self._active
 
-    def _install(self) -> None:
-        is_async = isinstance(self.client, openai.AsyncOpenAI)
-        targets: tuple[tuple[Any, Api], ...] = (
-            (self.client.chat.completions, "chat"),
-            (self.client.responses, "responses"),
-        )
-        for resource, api in targets:
-            original = resource.create
-            self._saved.append((resource, resource.__dict__.get("create", _MISSING)))
-            wrapper = (
-                _async_wrapper(self, api, original)
-                if is_async
-                else _sync_wrapper(self, api, original)
-            )
-            wrapper.__traceguard__ = self
-            resource.create = wrapper
+    @property
+    def is_async(self) -> bool:
+        """True for an ``AsyncOpenAI`` client."""
+        return isinstance(self.client, openai.AsyncOpenAI)
+
+    # -- installing ---------------------------------------------------------------------------
+
+    def _install(self, *, announce: bool = True) -> None:
+        hooks = async_hooks(self, self.client) if self.is_async else sync_hooks(self, self.client)
+        for name in _HOOKED:
+            self._replace(self.client, name, hooks[name])
+        self._guard_websockets(announce=announce)
         self.client.__dict__[_HANDLE_ATTR] = self
         self._active = True
 
+    def _replace(self, owner: Any, name: str, value: Any) -> None:
+        self._saved.append((owner, name, owner.__dict__.get(name, _MISSING)))
+        setattr(owner, name, value)
+
+    def _guard_websockets(self, *, announce: bool) -> None:
+        for dotted in WEBSOCKET_SURFACES:
+            resource: Any = self.client
+            for part in dotted.split("."):
+                resource = getattr(resource, part, None)
+                if resource is None:
+                    break
+            connect = getattr(resource, "connect", None)
+            if resource is None or connect is None:
+                continue
+            self._replace(resource, "connect", self._websocket(dotted, connect))
+        if announce and not self.strict:
+            logger.warning(
+                "traceguard: WebSocket sessions (%s) of this client are not audited; "
+                "guard_openai(..., strict=True) refuses them",
+                ", ".join(f"{name}.connect" for name in WEBSOCKET_SURFACES),
+            )
+
+    def _websocket(self, dotted: str, connect: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded_connect(*args: Any, **kwargs: Any) -> Any:
+            self._unaudited(f"{dotted}.connect() (a WebSocket session)")
+            return connect(*args, **kwargs)
+
+        return guarded_connect
+
     def restore(self) -> None:
-        """Give the client back its own methods. Idempotent."""
-        if not self._active:
-            return
-        for resource, saved in reversed(self._saved):
-            if saved is _MISSING:
-                resource.__dict__.pop("create", None)
-            else:
-                resource.create = saved
-        self._saved.clear()
-        self.client.__dict__.pop(_HANDLE_ATTR, None)
-        self._active = False
+        """Give the client back its own methods, and the clients derived from it. Idempotent."""
+        with self._lock:
+            if not self._active:
+                return
+            self._active = False
+            for owner, name, saved in reversed(self._saved):
+                if saved is _MISSING:
+                    owner.__dict__.pop(name, None)
+                else:
+                    setattr(owner, name, saved)
+            self._saved.clear()
+            self.client.__dict__.pop(_HANDLE_ATTR, None)
+            derived, self.derived = self.derived, []
+        for child in derived:
+            child.restore()
 
     def __enter__(self) -> GuardedClient:
         return self
@@ -179,94 +239,137 @@ class GuardedClient:
 
     def __repr__(self) -> str:
         state = "active" if self._active else "restored"
-        return f"<GuardedClient {type(self.client).__name__} {self.options.mode} {state}>"
+        strict = " strict" if self.strict else ""
+        return f"<GuardedClient {type(self.client).__name__} {self.options.mode}{strict} {state}>"
 
-    # -- the shared, I/O-free steps ---------------------------------------------------------
+    # -- what the hooks ask (no I/O) ------------------------------------------------------------
 
-    def intercept(self, api: Api, kwargs: dict[str, Any], result: Any) -> Any:
-        """What a wrapped call returns for the upstream ``result``, or the traces to audit first.
+    def before_request(self, options: Any, cast_to: Any, stream: bool, stream_cls: Any) -> Any:
+        """Gate one call before it is sent; returns the ``stream_cls`` the SDK should use."""
+        if not self._active:
+            return stream_cls
+        surface = classify(str(options.method), str(options.url))
+        if surface.kind == "unaudited":
+            self._unaudited(surface.label)
+            return stream_cls
+        if surface.kind != "audited" or surface.api is None or not stream:
+            return stream_cls
+        if is_raw(options):
+            return stream_cls  # audited as bytes, in _process_response
+        body = request_body(options.json_data, options.extra_json)
+        plan = Plan(
+            api=surface.api,
+            context=context_of(surface.api, body),
+            structured=is_structured(surface.api, body),
+            raw_stream=False,
+        )
+        return stream_class(
+            _chunk_type(stream_cls, cast_to), self._call(plan), is_async=self.is_async
+        )
 
-        Returns a :class:`_Pending` when the result must wait for an audit (the shell then
-        passes the decisions to :meth:`apply`); anything else is returned to the caller as is.
-        """
-        if not self._active:  # reached through a stale reference after restore()
-            return result
-        context = self.context(api, kwargs)
-        if isinstance(result, openai.Stream):
-            return GuardedStream(result, self.stream_state(api, context), self.guard)
-        if isinstance(result, openai.AsyncStream):
-            return GuardedAsyncStream(result, self.stream_state(api, context), self.guard)
-        traces = self.traces(context, result)
-        if traces is None:
-            return _passthrough(result)
-        return _Pending(traces)
+    def _unaudited(self, label: str) -> None:
+        if self.strict:
+            raise UnauditedCallError(
+                f"traceguard: {label} returns output the guard cannot audit, and this client is "
+                "guarded with strict=True"
+            )
+        with self._lock:
+            if label in self._warned:
+                return
+            self._warned.add(label)
+        logger.warning(
+            "traceguard: %s is not audited: its output reaches the caller unchecked "
+            "(guard_openai(..., strict=True) refuses such calls)",
+            label,
+        )
 
-    def context(self, api: Api, kwargs: dict[str, Any]) -> RequestContext:
-        """What the caller asked, from the call's keyword arguments."""
-        return chat_request_context(kwargs) if api == "chat" else responses_request_context(kwargs)
+    def _call(self, plan: Plan) -> StreamCall:
+        def new_state() -> StreamState[Any]:
+            adapter: StreamAdapter[Any]
+            if plan.api == "chat":
+                adapter = ChatStreamAdapter(
+                    plan.context,
+                    track_increments=self.options.mode == "buffer",
+                    structured=plan.structured,
+                )
+            else:
+                adapter = ResponsesStreamAdapter(
+                    plan.context,
+                    buffered=self.options.mode == "buffer",
+                    structured=plan.structured,
+                )
+            return StreamState(adapter, self.options, checkpoints=self.guard.checkpoints)
 
-    def traces(self, context: RequestContext, result: Any) -> list[Trace] | None:
-        """The traces of a non-streamed result; None for a result this wrapper cannot read."""
-        if isinstance(result, ChatCompletion):
-            return chat_traces(context, result)
-        if isinstance(result, Response):
-            return [response_trace(context, result)]
-        return None
+        def concluded(state: StreamState[Any], traces: Sequence[Trace]) -> None:
+            record_last(state.decisions, traces)
+            if any(trace.stage is Stage.FINAL for trace in traces):
+                self._check_reasoning(getattr(state.adapter, "usage", None), traces)
 
-    def stream_state(self, api: Api, context: RequestContext) -> StreamState[Any]:
-        """A fresh state machine for one streamed call."""
-        adapter: StreamAdapter[Any]
-        if api == "chat":
-            adapter = ChatStreamAdapter(context, track_increments=self.options.mode == "buffer")
-        else:
-            adapter = ResponsesStreamAdapter(context)
-        return StreamState(adapter, self.options, checkpoints=self.guard.checkpoints)
+        return StreamCall(guard=self.guard, new_state=new_state, concluded=concluded)
 
-    def apply(self, result: Any, traces: Sequence[Trace], decisions: Sequence[Decision]) -> Any:
-        """The result the caller gets under ``decisions``, or raise when it is blocked."""
-        blocked = next((d for d in decisions if d.blocked), None)
-        if blocked is not None and self.options.on_block == "raise":
-            raise blocked_error(blocked)
-        refusal = self.options.refusal
-        edits = [edit_for(t, d, refusal) for t, d in zip(traces, decisions, strict=True)]
-        if blocked is not None:
-            # One blocked choice withholds them all: the caller asked for one answer.
-            edits = [edit_for(t, blocked, refusal) for t in traces]
-        if isinstance(result, ChatCompletion):
-            return edit_chat(result, traces, edits)
-        return edit_response(result, edits[0])
+    def new_stream(self, plan: Plan, kwargs: dict[str, Any], *, is_async: bool) -> Any:
+        """A guarded stream over a raw streamed response (``_process_response``'s arguments)."""
+        chunk = _chunk_type(kwargs.get("stream_cls"), kwargs.get("cast_to"))
+        cls = stream_class(chunk, self._call(plan), is_async=is_async)
+        return cls(
+            cast_to=chunk,
+            response=kwargs["response"],
+            client=self.client,
+            options=kwargs["options"],
+        )
+
+    def link_stream(self, result: Any, stream: Any) -> None:
+        """Let a raw wrapper show its stream's decisions (a live list, filled as it is read)."""
+        try:
+            object.__setattr__(result, DECISIONS_ATTR, stream._state.decisions)
+        except (AttributeError, TypeError):
+            pass
+
+    def concluded(
+        self, decisions: Sequence[Decision], traces: Sequence[Trace], result: Any
+    ) -> None:
+        """A non-streamed answer was audited."""
+        record_last(decisions, traces)
+        self._check_reasoning(getattr(result, "usage", None), traces)
+
+    def _check_reasoning(self, usage: Any, traces: Sequence[Trace]) -> None:
+        tokens = reasoning_tokens(usage)
+        if not tokens or any(trace.thinking is not None for trace in traces):
+            return
+        with self._lock:
+            if "hidden_reasoning" in self._warned:
+                return
+            self._warned.add("hidden_reasoning")
+        model = next((t.model for t in traces if t.model), None) or "the model"
+        logger.warning(_HIDDEN_REASONING, model, tokens)
+
+    def derive(self, copied: Any) -> Any:
+        """Guard a client made from this one (``with_options()`` / ``copy()``) the same way."""
+        if not self._active or not isinstance(copied, openai.OpenAI | openai.AsyncOpenAI):
+            return copied
+        child = GuardedClient(copied, self.guard, self.options, strict=self.strict)
+        child._install(announce=False)  # the parent named the unaudited sessions already
+        with self._lock:
+            self.derived.append(child)
+        return copied
 
 
-def _passthrough(result: Any) -> Any:
-    logger.warning(
-        "traceguard: %s result passed through unaudited (raw/streaming-response access)",
-        type(result).__name__,
-    )
-    return result
+def reasoning_tokens(usage: Any) -> int:
+    """Reasoning tokens a usage block reports (Chat Completions or Responses), else 0."""
+    for details in ("completion_tokens_details", "output_tokens_details"):
+        tokens = getattr(getattr(usage, details, None), "reasoning_tokens", None)
+        if isinstance(tokens, int) and tokens > 0:
+            return tokens
+    return 0
 
 
-def _sync_wrapper(handle: GuardedClient, api: Api, original: Callable[..., Any]) -> Any:
-    @functools.wraps(original)
-    def create(*args: Any, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)  # upstream errors propagate untouched, unaudited
-        pending = handle.intercept(api, kwargs, result)
-        if not isinstance(pending, _Pending):
-            return pending
-        return handle.apply(result, pending.traces, handle.guard.check_batch(pending.traces))
+def _chunk_type(stream_cls: Any, cast_to: Any) -> Any:
+    """The chunk type a stream class yields (the SDK's own reading of it)."""
+    if stream_cls is None:
+        return cast_to
+    from openai._streaming import extract_stream_chunk_type
 
-    return create
-
-
-def _async_wrapper(handle: GuardedClient, api: Api, original: Callable[..., Awaitable[Any]]) -> Any:
-    @functools.wraps(original)
-    async def create(*args: Any, **kwargs: Any) -> Any:
-        result = await original(*args, **kwargs)
-        pending = handle.intercept(api, kwargs, result)
-        if not isinstance(pending, _Pending):
-            return pending
-        return handle.apply(result, pending.traces, await handle.guard.acheck_batch(pending.traces))
-
-    return create
+    return extract_stream_chunk_type(stream_cls)
 
 
 def guard_openai(
@@ -277,8 +380,9 @@ def guard_openai(
     early_stop: bool = True,
     on_block: Literal["raise", "refusal"] = "raise",
     refusal: str | None = None,
+    strict: bool = False,
 ) -> GuardedClient:
-    """Audit every ``chat.completions.create`` and ``responses.create`` call of ``client``.
+    """Audit every Chat Completions and Responses call of ``client``, by any method.
 
     Args:
         client: one ``openai.OpenAI`` or ``openai.AsyncOpenAI`` instance (any ``base_url``).
@@ -293,10 +397,12 @@ def guard_openai(
         on_block: ``"raise"`` raises :class:`~traceguard.Blocked` (``Escalated`` for an
             escalation); ``"refusal"`` returns a result of the usual type carrying ``refusal``.
         refusal: the refusal text; defaults to the guard policy's redaction message.
+        strict: refuse every call whose output the guard cannot audit
+            (:class:`UnauditedCallError`), instead of warning about it.
 
     Returns:
         A :class:`GuardedClient` handle; ``handle.restore()``, :func:`unguard_openai` or leaving
-        ``with guard_openai(...)`` undoes the wrapping.
+        ``with guard_openai(...)`` undoes the wrapping (of derived clients too).
 
     Wrapping an already guarded client again with the same guard and options returns the
     existing handle (nothing is audited twice); anything else raises
@@ -321,12 +427,12 @@ def guard_openai(
     )
     existing = client.__dict__.get(_HANDLE_ATTR)
     if isinstance(existing, GuardedClient) and existing.active:
-        if existing.guard is guard and existing.options == options:
+        if existing.guard is guard and existing.options == options and existing.strict == strict:
             return existing
         raise ConfigurationError(
             "this client is already guarded with another guard or other options; restore it first"
         )
-    handle = GuardedClient(client, guard, options)
+    handle = GuardedClient(client, guard, options, strict=bool(strict))
     handle._install()
     return handle
 

@@ -34,18 +34,30 @@ class _Choice:
 
 
 class ChatStreamAdapter:
-    """Reads and rewrites ``ChatCompletionChunk`` streams."""
+    """Reads and rewrites ``ChatCompletionChunk`` streams.
 
-    def __init__(self, context: RequestContext, *, track_increments: bool) -> None:
+    ``structured``: the caller asked for JSON output, so a refusal is sent as ``delta.refusal``
+    and ends with ``stop`` (the SDK's stream helper parses content, and raises on
+    ``content_filter`` when a response format is given).
+    """
+
+    def __init__(
+        self, context: RequestContext, *, track_increments: bool, structured: bool = False
+    ) -> None:
         self.context = context
         self._track = track_increments
+        self._structured = structured
         self._choices: dict[int, _Choice] = {}
         self._count = 0
         self._first: Any = None
+        self.usage: Any = None
+        """The usage the stream reported (a final chunk, with ``include_usage``)."""
 
     def feed(self, chunk: Any) -> None:
         if self._first is None:
             self._first = chunk
+        if getattr(chunk, "usage", None) is not None:
+            self.usage = chunk.usage
         position = self._count
         self._count += 1
         for choice in chunk.choices:
@@ -156,6 +168,7 @@ class ChatStreamAdapter:
         from openai.types.chat import ChatCompletionChunk
 
         first = self._first
+        field = "refusal" if self._structured else "content"
         return ChatCompletionChunk.model_validate(
             {
                 "id": getattr(first, "id", "chatcmpl-traceguard"),
@@ -165,7 +178,7 @@ class ChatStreamAdapter:
                 "choices": [
                     {
                         "index": index,
-                        "delta": {"role": "assistant", "content": text},
+                        "delta": {"role": "assistant", field: text},
                         "finish_reason": finish,
                     }
                 ],
@@ -174,7 +187,8 @@ class ChatStreamAdapter:
 
     def refusal(self, text: str) -> list[Any]:
         indices = sorted(self._choices) or [0]
-        return [self._synthetic(i, text, "content_filter") for i in indices]
+        finish = "stop" if self._structured else "content_filter"
+        return [self._synthetic(i, text, finish) for i in indices]
 
 
 def _response_piece(state: _Choice, position: int) -> str | None:

@@ -34,18 +34,42 @@ _RESPONSE_EVENTS = frozenset(
 
 
 class ResponsesStreamAdapter:
-    """Reads and rewrites Responses API stream events."""
+    """Reads and rewrites Responses API stream events.
 
-    def __init__(self, context: RequestContext) -> None:
+    A refusal is a well-formed item lifecycle (``output_item.added``, its content part, the
+    text or refusal delta, ``done`` events, ``response.completed``), so the SDK's
+    ``responses.stream`` helper, which checks that every event belongs to an item it saw added,
+    accepts it. ``buffered``: nothing was shown before the refusal, so it starts with
+    ``response.created``; ``structured``: the caller asked for JSON output, so the refusal is a
+    ``refusal`` content part, which the SDK's parsing leaves unparsed.
+    """
+
+    def __init__(
+        self, context: RequestContext, *, buffered: bool = False, structured: bool = False
+    ) -> None:
         self.context = context
+        self._buffered = buffered
+        self._structured = structured
         self._reasoning = ReasoningStream()
         self._response: Any = None  # the latest full Response an event carried
+        self._created: Any = None  # the response.created event's response
         self._done_items: list[Any] = []
         self._early_done = False
         self._count = 0
+        self._next_index = 0  # one past the highest output_index seen
+
+    @property
+    def usage(self) -> Any:
+        """The usage the stream reported (on ``response.completed``), if any."""
+        return getattr(self._response, "usage", None)
 
     def feed(self, event: Any) -> None:
         self._count += 1
+        index = getattr(event, "output_index", None)
+        if isinstance(index, int):
+            self._next_index = max(self._next_index, index + 1)
+        if getattr(event, "type", None) == "response.created":
+            self._created = event.response
         kind = getattr(event, "type", None)
         self._reasoning.feed_responses_event(event)
         if kind in _RESPONSE_EVENTS:
@@ -104,29 +128,47 @@ class ResponsesStreamAdapter:
         return out
 
     def refusal(self, text: str) -> list[Any]:
-        from openai.types.responses import ResponseCompletedEvent, ResponseTextDeltaEvent
+        from openai._models import construct_type
+        from openai.types.responses import ResponseStreamEvent
 
         edit = Edit(replacement=text, drop_thinking=True)
         base = self._response
-        events: list[Any] = [
-            ResponseTextDeltaEvent(
-                type="response.output_text.delta",
-                item_id="msg_traceguard",
-                output_index=0,
-                content_index=0,
-                delta=text,
-                logprobs=[],
-                sequence_number=self._count,
-            )
+        output = edit_output(getattr(base, "output", None) or [], edit, structured=self._structured)
+        item = output[-1]  # the refusal message
+        index = len(output) - 1 if self._buffered else self._next_index
+        payloads: list[dict[str, Any]] = []
+        if self._buffered and self._created is not None:
+            payloads.append({"type": "response.created", "response": _dump(self._created)})
+        ids = {"item_id": item.id, "output_index": index, "content_index": 0}
+        part = item.content[0].to_dict()
+        empty = {**part, "text": ""} if part["type"] == "output_text" else {**part, "refusal": ""}
+        kind = "response.output_text" if part["type"] == "output_text" else "response.refusal"
+        payloads += [
+            {
+                "type": "response.output_item.added",
+                "output_index": index,
+                "item": {**item.to_dict(), "status": "in_progress", "content": []},
+            },
+            {"type": "response.content_part.added", **ids, "part": empty},
+            {"type": f"{kind}.delta", **ids, "delta": text, "logprobs": []},
+            {"type": f"{kind}.done", **ids, "logprobs": [], **_done_text(part, text)},
+            {"type": "response.content_part.done", **ids, "part": part},
+            {"type": "response.output_item.done", "output_index": index, "item": item.to_dict()},
         ]
-        if base is None:  # no response.created arrived: the text delta is all there is to say
-            return events
-        final = base.model_copy(
-            update={"output": edit_output(base.output or [], edit), "status": "completed"}
-        )
-        events.append(
-            ResponseCompletedEvent(
-                type="response.completed", response=final, sequence_number=self._count + 1
-            )
-        )
+        if base is not None:  # without any response event there is no response to complete
+            final = base.model_copy(update={"output": output, "status": "completed"})
+            payloads.append({"type": "response.completed", "response": _dump(final)})
+        events = []
+        for number, payload in enumerate(payloads, start=self._count):
+            payload["sequence_number"] = number
+            events.append(construct_type(type_=ResponseStreamEvent, value=payload))
         return events
+
+
+def _dump(response: Any) -> dict[str, Any]:
+    dumped: dict[str, Any] = response.to_dict()
+    return dumped
+
+
+def _done_text(part: dict[str, Any], text: str) -> dict[str, Any]:
+    return {"text": text} if part["type"] == "output_text" else {"refusal": text}

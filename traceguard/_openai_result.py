@@ -28,6 +28,7 @@ __all__ = [
     "edit_message",
     "edit_output",
     "edit_response",
+    "REFUSAL_ITEM_ID",
     "output_trace",
     "refusal_item",
     "response_trace",
@@ -76,14 +77,24 @@ def chat_traces(context: RequestContext, completion: ChatCompletion) -> list[Tra
     return traces
 
 
-def edit_message(message: ChatCompletionMessage, trace: Trace, edit: Edit) -> ChatCompletionMessage:
-    """``message`` with ``edit`` applied; the same object when the edit is a no-op."""
+def edit_message(
+    message: ChatCompletionMessage, trace: Trace, edit: Edit, *, structured: bool = False
+) -> ChatCompletionMessage:
+    """``message`` with ``edit`` applied; the same object when the edit is a no-op.
+
+    ``structured``: the caller asked for JSON output, so a replacement goes in the ``refusal``
+    field (content None), where the SDK's ``parse`` looks for a refusal instead of parsing it.
+    """
     if edit.noop:
         return message
     update: dict[str, Any] = {}
     if edit.replacement is not None:
         # A refusal stands alone: tool calls planned by a withheld answer must not run.
-        update.update(content=edit.replacement, tool_calls=None, function_call=None)
+        update.update(tool_calls=None, function_call=None)
+        if structured:
+            update.update(content=None, refusal=edit.replacement)
+        else:
+            update["content"] = edit.replacement
     elif message.content is not None and message.content != trace.response:
         # The content held more than the response: inline <think> tags. Keep only the answer.
         update["content"] = trace.response
@@ -96,13 +107,19 @@ def edit_message(message: ChatCompletionMessage, trace: Trace, edit: Edit) -> Ch
 
 
 def edit_chat(
-    completion: ChatCompletion, traces: Sequence[Trace], edits: Sequence[Edit]
+    completion: ChatCompletion,
+    traces: Sequence[Trace],
+    edits: Sequence[Edit],
+    *,
+    structured: bool = False,
 ) -> ChatCompletion:
     """The completion with each choice edited; the same object when nothing changes."""
     if all(edit.noop for edit in edits):
         return completion
     choices = [
-        choice.model_copy(update={"message": edit_message(choice.message, trace, edit)})
+        choice.model_copy(
+            update={"message": edit_message(choice.message, trace, edit, structured=structured)}
+        )
         for choice, trace, edit in zip(completion.choices, traces, edits, strict=True)
     ]
     return completion.model_copy(update={"choices": choices})
@@ -125,16 +142,28 @@ def response_trace(context: RequestContext, response: Response) -> Trace:
     )
 
 
-def refusal_item(text: str) -> ResponseOutputItem:
-    """A Responses output message holding ``text``."""
-    from openai.types.responses import ResponseOutputMessage, ResponseOutputText
+REFUSAL_ITEM_ID = "msg_traceguard"
 
+
+def refusal_item(text: str, *, structured: bool = False) -> ResponseOutputItem:
+    """A Responses output message holding ``text`` (as a refusal part when ``structured``)."""
+    from openai.types.responses import (
+        ResponseOutputMessage,
+        ResponseOutputRefusal,
+        ResponseOutputText,
+    )
+
+    part: ResponseOutputText | ResponseOutputRefusal
+    if structured:
+        part = ResponseOutputRefusal(type="refusal", refusal=text)
+    else:
+        part = ResponseOutputText(type="output_text", text=text, annotations=[])
     return ResponseOutputMessage(
-        id="msg_traceguard",
+        id=REFUSAL_ITEM_ID,
         type="message",
         role="assistant",
         status="completed",
-        content=[ResponseOutputText(type="output_text", text=text, annotations=[])],
+        content=[part],
     )
 
 
@@ -143,16 +172,17 @@ def refusal_item(text: str) -> ResponseOutputItem:
 _ANSWER_ITEMS = frozenset({"message", "function_call", "custom_tool_call", "reasoning"})
 
 
-def edit_output(items: Sequence[Any], edit: Edit) -> list[Any]:
+def edit_output(items: Sequence[Any], edit: Edit, *, structured: bool = False) -> list[Any]:
     """Responses output items with ``edit`` applied."""
     if edit.replacement is not None:
         kept = [item for item in items if getattr(item, "type", None) not in _ANSWER_ITEMS]
-        return [*kept, refusal_item(edit.replacement)]
+        return [*kept, refusal_item(edit.replacement, structured=structured)]
     return [item for item in items if getattr(item, "type", None) != "reasoning"]
 
 
-def edit_response(response: Response, edit: Edit) -> Response:
+def edit_response(response: Response, edit: Edit, *, structured: bool = False) -> Response:
     """``response`` with ``edit`` applied; the same object when the edit is a no-op."""
     if edit.noop:
         return response
-    return response.model_copy(update={"output": edit_output(response.output, edit)})
+    output = edit_output(response.output, edit, structured=structured)
+    return response.model_copy(update={"output": output})
