@@ -16,7 +16,12 @@ import openai
 
 from traceguard import Blocked, Escalated, Guard, JsonlSink, Policy
 from traceguard.auditors.baseline import BaselineAuditor
-from traceguard.integrations.openai import GuardedStream, guard_openai
+from traceguard.integrations.openai import (
+    GuardedStream,
+    check_tool_calls,
+    guard_openai,
+    last_decision,
+)
 from traceguard.testing.openai_server import (
     OpenAIServer,
     ScriptedResponse,
@@ -59,6 +64,8 @@ def ask(client: openai.OpenAI, question: str) -> None:
     thinking = (message.model_extra or {}).get("reasoning_content")
     print(f"  thinking: {thinking!r}")
     print(f"  answer:   {message.content!r}")
+    # Every guarded result carries its decisions (not a pydantic field: never serialised).
+    print(f"  decision: {[d.action.value for d in reply.traceguard_decisions]}")
 
 
 def main() -> None:
@@ -90,6 +97,27 @@ def main() -> None:
             print(f"\n> (streamed) {isinstance(stream, openai.Stream)=}, answer {text!r}")
             assert isinstance(stream, GuardedStream)  # an openai.Stream that also has decisions
             print(f"  decisions: {[d.action.value for d in stream.decisions]}")
+
+        # Tool calls: the caller runs them, so they go through the tool gate first, each with
+        # the reasoning that led to it. Here a policy rule blocks a tool whatever the risk.
+        tool_policy = Policy.from_mapping(
+            {"tools": {"rules": [{"tool": "rm_*", "action": "block"}]}}
+        )
+        gate = Guard(BaselineAuditor(), tool_policy)
+        with guard_openai(client, gate):
+            calls = [{"name": "rm_files", "arguments": {"path": "/home"}, "id": "call_1"}]
+            server.enqueue(
+                ScriptedResponse.json(
+                    chat_completion(None, reasoning_content="Clean up.", tool_calls=calls)
+                )
+            )
+            messages = [{"role": "user", "content": "Free some disk space."}]
+            reply = client.chat.completions.create(model="demo-reasoner", messages=messages)
+            decision = last_decision()
+            print(f"\n> (tool call) answer audited: {decision.action.value if decision else None}")
+            for check in check_tool_calls(gate, reply, messages=messages).checks:
+                verdict = "run it" if check.allowed else f"held: {check.message!r}"
+                print(f"  {check.call.name}: {verdict}")
 
         # Another policy: harmful answers go to a human reviewer (and are held back meanwhile).
         log = Path(tmp) / "audit.jsonl"

@@ -19,3 +19,5 @@ def test_example_runs_offline(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ESCALATED to review" in out
     assert "review record: action=escalate" in out
     assert "isinstance(stream, openai.Stream)=True" in out
+    assert "decision: ['allow']" in out
+    assert "rm_files: held: 'The call to rm_files was not run" in out
