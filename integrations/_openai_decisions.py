@@ -5,9 +5,10 @@ Two ways, both safe under concurrency:
 - on the result itself: every audited object the SDK hands back (a ``ChatCompletion``, a
   ``ParsedChatCompletion``, a ``Response``, the raw-response wrappers of ``with_raw_response`` /
   ``with_streaming_response``, a guarded stream) carries ``traceguard_decisions``, a tuple of
-  :class:`~traceguard.Decision` (one per choice). The attribute lives outside the pydantic fields:
-  it is not serialised, not compared, and an allowed object is still exactly the SDK's type.
-  :func:`decisions_of` reads it.
+  :class:`~traceguard.Decision` (one per choice; on a stream, and on the raw wrapper of a
+  streamed body, the decisions so far, filled in as it is read). The attribute lives outside the
+  pydantic fields: it is not serialised, not compared, and an allowed object is still exactly
+  the SDK's type. :func:`decisions_of` reads it.
 - :func:`last_decision` / :func:`last_decisions`: the decisions of the last guarded call made in
   the current thread or asyncio task (a context variable), for code that only sees the result
   through a helper (``chat.completions.stream(...).get_final_completion()``).
