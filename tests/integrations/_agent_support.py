@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from langchain.agents import create_agent
 from langchain_core.tools import BaseTool, tool
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
-from traceguard import Trace
+from traceguard import Guard, Trace
+from traceguard.integrations.langchain import TraceguardMiddleware
 from traceguard.testing.openai_server import (
     OpenAIServer,
     ScriptedResponse,
@@ -90,3 +92,21 @@ def model_turns(traces: Sequence[Trace]) -> list[Trace]:
 
 def tool_turns(traces: Sequence[Trace]) -> list[Trace]:
     return [t for t in traces if t.stage.value == "tool_call"]
+
+
+def guarded_agent(
+    server: OpenAIServer,
+    recorder: Recorder,
+    guard: Guard,
+    *,
+    checkpointer: Any = None,
+    **options: Any,
+) -> Any:
+    """A ``create_agent`` agent on the loopback model with the recorder's tools and the
+    middleware (``options`` go to ``TraceguardMiddleware``)."""
+    return create_agent(
+        chat_model(server),
+        tools=recorder.tools(),
+        middleware=[TraceguardMiddleware(guard, **options)],
+        checkpointer=checkpointer,
+    )

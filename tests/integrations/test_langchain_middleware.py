@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("langchain.agents")
 pytest.importorskip("langchain_openai")
 
-from _agent_support import REFUSAL, Recorder, call, chat_model, model_turns, reply, streamed
+from _agent_support import REFUSAL, Recorder, call, guarded_agent, model_turns, reply, streamed
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
@@ -45,13 +45,7 @@ def by_response(**risks: float) -> ScriptedAuditor:
 
 
 def agent_for(server: OpenAIServer, guard: Guard, recorder: Recorder, **options: Any) -> Any:
-    checkpointer = options.pop("checkpointer", None)
-    return create_agent(
-        chat_model(server),
-        tools=recorder.tools(),
-        middleware=[TraceguardMiddleware(guard, **options)],
-        checkpointer=checkpointer,
-    )
+    return guarded_agent(server, recorder, guard, **options)
 
 
 def ask(agent: Any, question: str, thread: str = "t-1") -> dict[str, Any]:

@@ -5,11 +5,7 @@ Playwright), and ``resume_reviewed`` finishing the agent with the held output.""
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +16,21 @@ pytest.importorskip("langchain_openai")
 pytest.importorskip("playwright")
 pytest.importorskip("uvicorn")
 
-import uvicorn
 from _agent_support import Recorder, call, chat_model, reply
 from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
+# The review app's own browser-test pieces (tests/ is on sys.path through tests/conftest.py).
+from review._server import serving
+from review.test_browser import CHROMIUM, CHROMIUM_ARGS, log_in
+
 from traceguard import Guard, Policy, ReviewQueue, Trace
 from traceguard.integrations.langchain import TraceguardMiddleware
 from traceguard.integrations.langgraph import resume_reviewed
-from traceguard.review import EscalationStore, create_app
+from traceguard.review import EscalationStore
 from traceguard.testing import ScriptedAuditor, Step
 from traceguard.testing.openai_server import OpenAIServer
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-TOKEN = "middleware-review-token-0123456789"
 
 pytestmark = [
     pytest.mark.browser,
@@ -50,35 +38,6 @@ pytestmark = [
         shutil.which(CHROMIUM) is None, reason=f"needs Debian's chromium at {CHROMIUM}"
     ),
 ]
-
-
-@contextmanager
-def serving(store: EscalationStore) -> Iterator[str]:
-    """The review app on ``store``, served by uvicorn on 127.0.0.1 (an ephemeral port)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(store, token=TOKEN),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(1000):  # a hang guard while uvicorn binds, not a timing assertion
-        if server.started:
-            break
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture
@@ -134,11 +93,7 @@ def test_a_reviewer_approves_in_the_browser_and_the_paused_agent_finishes(
 
         store = EscalationStore(queue.path)
         with serving(store) as url:
-            page.goto(url + "/")
-            page.fill("input[name=name]", "Ana")
-            page.fill("input[name=token]", TOKEN)
-            page.click("button[type=submit]")
-            page.wait_for_selector("nav.tabs")
+            log_in(page, url, "Ana")
             assert page.locator("tr[data-href]").count() == 2
             page.select_option("select[name=integration]", "langgraph")
             page.click("form.filters button[type=submit]")

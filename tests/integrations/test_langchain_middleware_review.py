@@ -15,14 +15,12 @@ import pytest
 pytest.importorskip("langchain.agents")
 pytest.importorskip("langchain_openai")
 
-from _agent_support import REFUSAL, Recorder, call, chat_model, reply, streamed
-from langchain.agents import create_agent
+from _agent_support import REFUSAL, Recorder, call, guarded_agent, reply, streamed
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 from traceguard import Guard, Policy, ReviewOutcome, ReviewQueue, ToolPolicy, ToolRule, Trace
-from traceguard.integrations.langchain import TraceguardMiddleware
 from traceguard.integrations.langgraph import INTERRUPT_TYPE, aresume_reviewed, resume_reviewed
 from traceguard.testing import ScriptedAuditor
 from traceguard.testing.openai_server import OpenAIServer
@@ -57,14 +55,10 @@ def escalating_agent(
     server: OpenAIServer, recorder: Recorder, sinks: list[Any] | None = None, **guard: Any
 ) -> tuple[Any, ScriptedAuditor]:
     auditor = ScriptedAuditor(rule=scan_is_harmful)
-    agent = create_agent(
-        chat_model(server),
-        tools=recorder.tools(),
-        middleware=[
-            TraceguardMiddleware(
-                Guard(auditor, Policy(harmful="escalate"), sinks=sinks or [], **guard)
-            )
-        ],
+    agent = guarded_agent(
+        server,
+        recorder,
+        Guard(auditor, Policy(harmful="escalate"), sinks=sinks or [], **guard),
         checkpointer=InMemorySaver(),
     )
     return agent, auditor
@@ -222,12 +216,10 @@ def test_an_escalated_tool_call_pauses_and_runs_only_when_approved(
     )
     recorder = Recorder()
     policy = Policy(tools=ToolPolicy(rules=(ToolRule(tool="send_payment", action="escalate"),)))
-    agent = create_agent(
-        chat_model(server),
-        tools=recorder.tools(),
-        middleware=[
-            TraceguardMiddleware(Guard(ScriptedAuditor(rule=lambda t: 0.0), policy, sinks=[queue]))
-        ],
+    agent = guarded_agent(
+        server,
+        recorder,
+        Guard(ScriptedAuditor(rule=lambda t: 0.0), policy, sinks=[queue]),
         checkpointer=InMemorySaver(),
     )
     paused = agent.invoke({"messages": [HumanMessage("Pay the power bill")]}, config("pay-1"))
@@ -249,10 +241,10 @@ def test_a_rejected_tool_call_becomes_the_policys_message(server: OpenAIServer) 
     )
     recorder = Recorder()
     policy = Policy(tools=ToolPolicy(rules=(ToolRule(tool="send_payment", action="escalate"),)))
-    agent = create_agent(
-        chat_model(server),
-        tools=recorder.tools(),
-        middleware=[TraceguardMiddleware(Guard(ScriptedAuditor(rule=lambda t: 0.0), policy))],
+    agent = guarded_agent(
+        server,
+        recorder,
+        Guard(ScriptedAuditor(rule=lambda t: 0.0), policy),
         checkpointer=InMemorySaver(),
     )
     agent.invoke({"messages": [HumanMessage("Pay the power bill")]}, config("pay-2"))

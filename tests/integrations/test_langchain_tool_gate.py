@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("langchain.agents")
 pytest.importorskip("langchain_openai")
 
-from _agent_support import REFUSAL, Recorder, call, chat_model, reply, tool_turns
+from _agent_support import REFUSAL, Recorder, call, chat_model, guarded_agent, reply, tool_turns
 from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
@@ -71,11 +71,7 @@ def test_a_dangerous_call_after_harmful_reasoning_never_runs_and_the_agent_recov
     server.enqueue(WIPE_TURN, reply("I won't do that."))
     recorder = Recorder()
     auditor = reasoning_auditor()
-    agent = create_agent(
-        chat_model(server),
-        tools=recorder.tools(),
-        middleware=[TraceguardMiddleware(Guard(auditor))],
-    )
+    agent = guarded_agent(server, recorder, Guard(auditor))
     state = agent.invoke({"messages": [HumanMessage("Clean up Bob's machine.")]})
 
     assert recorder.calls == []  # the tool function was never called
@@ -105,11 +101,7 @@ def test_tool_rules_decide_regardless_of_risk(server: OpenAIServer) -> None:
     )
     recorder = Recorder()
     policy = Policy(tools=ToolPolicy(rules=(ToolRule(tool="send_payment", action="block"),)))
-    agent = create_agent(
-        chat_model(server),
-        tools=recorder.tools(),
-        middleware=[TraceguardMiddleware(Guard(ScriptedAuditor(rule=lambda t: 0.0), policy))],
-    )
+    agent = guarded_agent(server, recorder, Guard(ScriptedAuditor(rule=lambda t: 0.0), policy))
     state = agent.invoke({"messages": [HumanMessage("weather, then pay")]})
     assert recorder.names() == ["get_weather"]
     decisions = [(d["stage"], d.get("tool"), d["action"]) for d in state["traceguard_decisions"]]
@@ -129,11 +121,7 @@ def test_a_stopping_rule_ends_the_run_with_the_refusal(server: OpenAIServer) -> 
     server.enqueue(WIPE_TURN)
     recorder = Recorder()
     policy = Policy(tools=ToolPolicy(on_block="stop"))
-    agent = create_agent(
-        chat_model(server),
-        tools=recorder.tools(),
-        middleware=[TraceguardMiddleware(Guard(reasoning_auditor(), policy))],
-    )
+    agent = guarded_agent(server, recorder, Guard(reasoning_auditor(), policy))
     state = agent.invoke({"messages": [HumanMessage("Clean up Bob's machine.")]})
     assert recorder.calls == []
     assert len(server.requests) == 1  # the model was not asked again
@@ -146,11 +134,7 @@ def test_a_stopping_rule_raises_with_on_block_raise(server: OpenAIServer) -> Non
     server.enqueue(WIPE_TURN)
     recorder = Recorder()
     policy = Policy(tools=ToolPolicy(on_block="stop"))
-    agent = create_agent(
-        chat_model(server),
-        tools=recorder.tools(),
-        middleware=[TraceguardMiddleware(Guard(reasoning_auditor(), policy), on_block="raise")],
-    )
+    agent = guarded_agent(server, recorder, Guard(reasoning_auditor(), policy), on_block="raise")
     with pytest.raises(Blocked) as caught:
         agent.invoke({"messages": [HumanMessage("Clean up Bob's machine.")]})
     assert caught.value.decision.stop_run
@@ -160,11 +144,7 @@ def test_a_stopping_rule_raises_with_on_block_raise(server: OpenAIServer) -> Non
 async def test_async_agent_gates_tools_too(server: OpenAIServer) -> None:
     server.enqueue(WIPE_TURN, reply("I won't."))
     recorder = Recorder()
-    agent = create_agent(
-        chat_model(server),
-        tools=recorder.tools(),
-        middleware=[TraceguardMiddleware(Guard(reasoning_auditor()))],
-    )
+    agent = guarded_agent(server, recorder, Guard(reasoning_auditor()))
     state = await agent.ainvoke({"messages": [HumanMessage("Clean up Bob's machine.")]})
     assert recorder.calls == []
     assert "shell was not run" in str(state["messages"][2].content)
