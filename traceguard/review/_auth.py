@@ -5,7 +5,9 @@
 - Every state change (POST) needs a CSRF token bound to the session: a random one per login
   session, or for bearer clients one derived from the token (``GET /api/session`` tells it).
   The login form itself is protected with a double-submit cookie.
-- Failed logins are throttled, so the token cannot be guessed at request speed.
+- Failed token checks (login form and bearer header alike) are throttled, so the token cannot
+  be guessed at request speed.
+- Sessions are bounded (the oldest goes first); a new login ends the session it arrived with.
 
 Sessions live in memory: restarting ``traceguard review`` logs everyone out, and one process
 serves the app (run a single worker).
@@ -61,6 +63,7 @@ class ReviewAuth:
         session_ttl: seconds a login lasts.
         max_failures: failed logins tolerated per ``failure_window`` seconds before further
             attempts are refused (HTTP 429) until the window passes.
+        max_sessions: live sessions kept; a login beyond it ends the oldest.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class ReviewAuth:
         session_ttl: float = 12 * 3600,
         max_failures: int = 10,
         failure_window: float = 60.0,
+        max_sessions: int = 1000,
     ) -> None:
         if len(token) < MIN_TOKEN_CHARS:
             raise ValueError(f"the review token must be at least {MIN_TOKEN_CHARS} characters")
@@ -81,6 +85,7 @@ class ReviewAuth:
         self.session_ttl = session_ttl
         self.max_failures = max_failures
         self.failure_window = failure_window
+        self.max_sessions = max_sessions
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -111,6 +116,8 @@ class ReviewAuth:
         session_id = secrets.token_urlsafe(32)
         with self._lock:
             self._expire(now)
+            while len(self._sessions) >= self.max_sessions:
+                del self._sessions[next(iter(self._sessions))]  # the oldest login
             self._sessions[session_id] = _Session(
                 reviewer=clean_name(reviewer) or "reviewer",
                 csrf=secrets.token_urlsafe(32),
@@ -133,8 +140,10 @@ class ReviewAuth:
             return Identity(reviewer=found.reviewer, csrf=found.csrf, session_id=session_id)
 
     def bearer(self, token: str, reviewer: str | None) -> Identity | None:
-        """The identity of a bearer client, or None for a wrong token."""
+        """The identity of a bearer client, or None for a wrong token (a failure counted with
+        the logins': check :meth:`throttled` first, as for a login)."""
         if not self.token_matches(token):
+            self.record_failure()
             return None
         return Identity(reviewer=clean_name(reviewer or "") or "api", csrf=self._bearer_csrf())
 

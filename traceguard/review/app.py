@@ -13,11 +13,13 @@ script, fake links, control characters; images may be polyglots):
 - a strict Content-Security-Policy (no inline script or style, nothing from other origins),
   ``nosniff``, ``no-referrer``, no framing, ``no-store`` on every response;
 - audited text is rendered through autoescaping only (never marked safe), inside ``<pre>``; no
-  text ever becomes a link; bidi and zero-width characters are shown as visible escapes;
+  text ever becomes a link; bidi and zero-width characters are shown as visible escapes in
+  every value a page shows (the templates' ``finalize``), metadata included;
 - images are served only as the re-encoded PNG/JPEG thumbnails the queue made, with their
   content type and a sandboxing CSP of their own;
 - the Host header must name this machine (DNS rebinding), unless ``allowed_hosts`` says
-  otherwise.
+  otherwise;
+- the security headers go on every answer, the body-size 413 and a 500 included.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from traceguard.review._auth import (
     ReviewAuth,
     clean_name,
 )
+from traceguard.review._entry import MAX_IMAGES
 from traceguard.review._export import csv_chunks, jsonl_lines
 from traceguard.review._model import (
     RISK_FILTERS,
@@ -53,8 +56,10 @@ from traceguard.review._store import MAX_NOTE_CHARS, EscalationStore
 
 try:
     import jinja2
+    from markupsafe import Markup
     from starlette.applications import Starlette
     from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+    from starlette.middleware.body_limit import RequestBodyLimitMiddleware
     from starlette.requests import Request
     from starlette.responses import (
         PlainTextResponse,
@@ -78,6 +83,15 @@ CONTENT_SECURITY_POLICY = (
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 _IMAGE_POLICY = "default-src 'none'; sandbox"
+_SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"cache-control", b"no-store"),
+)
+"""Sent with every answer, next to a Content-Security-Policy."""
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _PACKAGE = Path(__file__).resolve().parent
 _EXPORT_STATES = ("resolved", "approved", "rejected")
@@ -96,6 +110,15 @@ def _reveal(text: Any) -> str:
     if text is None:
         return ""
     return _DECEPTIVE.sub(lambda m: f"\\u{ord(m.group()):04x}", str(text))
+
+
+def _finalize(value: Any) -> Any:
+    """Jinja ``finalize``: every value a template prints goes through :func:`_reveal` (an
+    integration or auditor name must not reorder the text after it); markup the templates
+    build themselves is left alone."""
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    return _reveal(value)
 
 
 def _risk_label(value: Any) -> str:
@@ -124,14 +147,7 @@ class _SecurityHeaders:
                 present = {k.lower() for k, _ in headers}
                 if b"content-security-policy" not in present:
                     headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
-                headers += [
-                    (b"x-content-type-options", b"nosniff"),
-                    (b"referrer-policy", b"no-referrer"),
-                    (b"x-frame-options", b"DENY"),
-                    (b"cross-origin-opener-policy", b"same-origin"),
-                    (b"cross-origin-resource-policy", b"same-origin"),
-                    (b"cache-control", b"no-store"),
-                ]
+                headers += _SECURITY_HEADERS
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 cpu_ms = (time.process_time() - cpu_started) * 1000
                 timing = f"app;dur={elapsed_ms:.2f}, cpu;dur={cpu_ms:.2f}"
@@ -165,6 +181,15 @@ class _HostCheck:
         await self.app(scope, receive, send)
 
 
+def _server_error(request: Request, exc: Exception) -> Response:
+    """The 500 answer. Starlette sends it from outside every added middleware, so it carries
+    the security headers itself."""
+    logger.error("review app: %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
+    headers = {"content-security-policy": CONTENT_SECURITY_POLICY}
+    headers.update({k.decode(): v.decode() for k, v in _SECURITY_HEADERS})
+    return PlainTextResponse("Internal Server Error", status_code=500, headers=headers)
+
+
 def _templates() -> Jinja2Templates:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_PACKAGE / "templates")),
@@ -173,6 +198,7 @@ def _templates() -> Jinja2Templates:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_finalize,
     )
     env.filters["reveal"] = _reveal
     env.filters["risk_label"] = _risk_label
@@ -256,12 +282,27 @@ def create_app(
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def identity_of(request: Request) -> Identity | None:
+    def bearer_of(request: Request) -> str | None:
         header = request.headers.get("authorization", "")
-        if header[:7].lower() == "bearer ":
-            return auth.bearer(header[7:].strip(), request.headers.get("x-reviewer"))
+        return header[7:].strip() if header[:7].lower() == "bearer " else None
+
+    def identity_of(request: Request) -> Identity | None:
+        token = bearer_of(request)
+        if token is not None:
+            return auth.bearer(token, request.headers.get("x-reviewer"))
         session_id = request.cookies.get(SESSION_COOKIE)
         return auth.session(session_id) if session_id else None
+
+    def throttled_bearer(request: Request) -> Response | None:
+        """429 for a bearer client while token guesses are throttled (a right token too: a
+        different answer for it would make the throttle an oracle)."""
+        if bearer_of(request) is None or not auth.throttled():
+            return None
+        return PlainTextResponse(
+            "too many failed token checks; wait a minute",
+            status_code=429,
+            headers={"retry-after": str(int(auth.failure_window))},
+        )
 
     def page(
         request: Request, name: str, context: dict[str, Any], status_code: int = 200
@@ -308,9 +349,13 @@ def create_app(
         handler: Callable[[Request, Identity], Any],
     ) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
+            refused = throttled_bearer(request)
+            if refused is not None:
+                return refused
             identity = identity_of(request)
             if identity is None:
                 if request.headers.get("authorization"):
+                    logger.warning("review app: wrong bearer token from %s", _client(request))
                     return PlainTextResponse(
                         "invalid token", status_code=401, headers={"www-authenticate": "Bearer"}
                     )
@@ -336,6 +381,9 @@ def create_app(
     # -- login -------------------------------------------------------------------------------
 
     async def login_form(request: Request) -> Response:
+        refused = throttled_bearer(request)
+        if refused is not None:
+            return refused
         if identity_of(request) is not None:
             return RedirectResponse(_local_path(request.query_params.get("next"), "/"), 303)
         return login_page(request, 200)
@@ -356,6 +404,9 @@ def create_app(
         if session_id is None:
             logger.warning("review app: failed login from %s", _client(request))
             return login_page(request, 401, "Wrong token.")
+        previous = request.cookies.get(SESSION_COOKIE)
+        if previous:
+            auth.logout(previous)  # one browser, one session: the one it came with ends here
         target = _local_path(str(form.get("next") or ""), "/")
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
@@ -490,6 +541,8 @@ def create_app(
     async def image(request: Request, identity: Identity) -> Response:
         escalation_id = request.path_params["escalation_id"]
         position = request.path_params["position"]
+        if position >= MAX_IMAGES:  # also keeps a 30-digit number away from SQLite
+            return PlainTextResponse("no such image", status_code=404)
         stored = await run_in_threadpool(db.image, escalation_id, position)
         if stored is None:
             return PlainTextResponse("no such image", status_code=404)
@@ -536,7 +589,9 @@ def create_app(
         Route("/export.csv", guarded(export_csv), methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=str(_PACKAGE / "static")), name="static"),
     ]
-    app = Starlette(routes=routes, max_body_size=_MAX_FORM_BYTES)
+    app = Starlette(routes=routes, exception_handlers={Exception: _server_error})
+    # Inside the security headers (Starlette's own max_body_size would answer from outside).
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=_MAX_FORM_BYTES)
     app.add_middleware(_HostCheck, allowed=hosts)
     app.add_middleware(_SecurityHeaders)
     app.state.store = db
