@@ -224,6 +224,9 @@ class LimitsSpec(Spec):
     """Largest upstream answer the proxy holds for an audit (a JSON body, a buffered stream)."""
     max_in_flight: PositiveInt = 1024
     """Guarded requests handled at once; more get 503 ``overloaded``."""
+    body_timeout_s: PositiveFloat = 60.0
+    """Longest a request body may take to arrive, from the request's start; a slower one gets
+    408 ``request_timeout`` (a client trickling its body must not hold a slot forever)."""
 
 
 class MetricsSpec(Spec):

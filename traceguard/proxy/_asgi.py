@@ -46,18 +46,32 @@ class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
 
-async def read_body(receive: Receive, *, limit: int, declared: str) -> bytes:
-    """The request body, refused past ``limit`` bytes (by ``Content-Length`` or as it comes).
+async def read_body(receive: Receive, *, limit: int, declared: str, timeout: float) -> bytes:
+    """The request body, refused past ``limit`` bytes (by ``Content-Length`` or as it comes,
+    chunked bodies too) or when it takes longer than ``timeout`` seconds in all.
 
     Raises:
-        ProxyError: ``request_too_large``.
+        ProxyError: ``request_too_large``, ``request_timeout``.
         ClientGone: the client left first.
     """
-    too_large = ProxyError(
+    if declared.strip().isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    try:
+        return await asyncio.wait_for(_read(receive, limit), timeout)
+    except asyncio.TimeoutError:
+        raise ProxyError(
+            "request_timeout",
+            f"The request body did not arrive within {timeout:g} s (body_timeout_s).",
+        ) from None
+
+
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(
         "request_too_large", f"The request body is larger than {limit} bytes (max_body_bytes)."
     )
-    if declared.strip().isdigit() and int(declared) > limit:
-        raise too_large
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
     body = bytearray()
     while True:
         message = await receive()
@@ -65,7 +79,7 @@ async def read_body(receive: Receive, *, limit: int, declared: str) -> bytes:
             raise ClientGone
         body += message.get("body", b"")
         if len(body) > limit:
-            raise too_large
+            raise _too_large(limit)
         if not message.get("more_body", False):
             return bytes(body)
 

@@ -7,6 +7,9 @@ Python and the TypeScript SDK.
 
 Messages are written here, never built from audited text or upstream bodies: a client sees the
 code, the reason in our words, and ids, nothing that could echo the output that was held back.
+The one exception is an upstream's own error (a non-2xx answer), which carries no output: it
+reaches the client as :func:`upstream_error_body` rebuilds it, in the OpenAI shape only (its
+message cut to :data:`MAX_UPSTREAM_MESSAGE` characters, no other fields, never HTML).
 """
 
 from __future__ import annotations
@@ -14,7 +17,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-__all__ = ["CODES", "ProxyError", "error_body", "error_event"]
+__all__ = [
+    "CODES",
+    "MAX_UPSTREAM_MESSAGE",
+    "ProxyError",
+    "error_body",
+    "error_event",
+    "upstream_error_body",
+]
+
+MAX_UPSTREAM_MESSAGE = 1000
 
 CODES: dict[str, tuple[int, str, str]] = {
     # code: (status, type, what it means)
@@ -27,6 +39,11 @@ CODES: dict[str, tuple[int, str, str]] = {
     "host_not_allowed": (403, "permission_error", "the Host header names another server"),
     "endpoint_not_guarded": (404, "invalid_request_error", "an endpoint the guard does not cover"),
     "method_not_allowed": (405, "invalid_request_error", "a method the endpoint does not take"),
+    "request_timeout": (
+        408,
+        "invalid_request_error",
+        "the body did not arrive within body_timeout_s",
+    ),
     "request_too_large": (413, "invalid_request_error", "the body exceeds max_body_bytes"),
     "unsupported_media_type": (415, "invalid_request_error", "the body is not application/json"),
     "rate_limit_exceeded": (429, "rate_limit_error", "the client key's rate limit (Retry-After)"),
@@ -93,3 +110,43 @@ def error_body(code: str, message: str) -> bytes:
 def error_event(code: str, message: str) -> bytes:
     """The same error as an SSE event that ends a stream (both SDKs raise on it)."""
     return b"data: " + error_body(code, message) + b"\n\n"
+
+
+def upstream_error_body(status: int, payload: bytes) -> bytes:
+    """An upstream's error answer as the client gets it: ``{"error": {message, type, code,
+    param}}`` read from the usual shapes (OpenAI's, ``{"error": "text"}``, ``{"message": ...}``,
+    ``{"detail": ...}``), anything else dropped. A body that is not JSON becomes a message of
+    ours naming the status."""
+    try:
+        value = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        value = None
+    error = value.get("error") if isinstance(value, dict) else None
+    fields = error if isinstance(error, dict) else {}
+    message = next(
+        (
+            text
+            for text in (
+                fields.get("message"),
+                error,
+                value.get("message") if isinstance(value, dict) else None,
+                value.get("detail") if isinstance(value, dict) else None,
+            )
+            if isinstance(text, str) and text
+        ),
+        None,
+    )
+    if message is None:
+        message = f"The upstream answered HTTP {status} without a readable error."
+    elif len(message) > MAX_UPSTREAM_MESSAGE:
+        message = message[: MAX_UPSTREAM_MESSAGE - 1] + "…"
+    kind = fields.get("type")
+    code = fields.get("code")
+    param = fields.get("param")
+    body = {
+        "message": message,
+        "type": kind if isinstance(kind, str) and len(kind) <= 100 else "upstream_error",
+        "param": param if isinstance(param, str) and len(param) <= 100 else None,
+        "code": code if isinstance(code, str | int) and len(str(code)) <= 100 else None,
+    }
+    return json.dumps({"error": body}).encode()

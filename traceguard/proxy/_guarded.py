@@ -7,9 +7,12 @@
 - :func:`passthrough` forwards the endpoints ``serve.passthrough`` lists, unaudited; every other
   path under ``/v1`` is refused (``endpoint_not_guarded``).
 
-Upstream errors (a non-2xx answer) pass through as the upstream sent them: they carry no
-generated output. Everything else the upstream sends is read by the SDK's types before it
-reaches the client, or refused.
+Upstream errors (a non-2xx answer) carry no generated output: their status and headers pass
+through, their body rebuilt in the OpenAI error shape only (``upstream_error_body``). A redirect
+is refused (the proxy neither follows nor forwards one). Everything else the upstream sends on a
+guarded endpoint is read by the SDK's types before it reaches the client, or refused; every
+header and body has the proxy's own secrets scrubbed (``_upstream.py``). A request body has
+``limits.body_timeout_s`` to arrive.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ._asgi import (
     send_error,
     send_response,
 )
-from ._errors import ProxyError, error_event
+from ._errors import ProxyError, error_event, upstream_error_body
 from ._http_client import UpstreamError, UpstreamResponse, UpstreamTimeout
 from ._keys import Client
 from ._logs import access_log
@@ -161,6 +164,7 @@ async def guarded(
                 receive,
                 limit=proxy.spec.limits.max_body_bytes,
                 declared=header_value(headers, "content-length"),
+                timeout=proxy.spec.limits.body_timeout_s,
             )
             if not _is_json(headers):
                 raise ProxyError("unsupported_media_type", "Send the request as application/json.")
@@ -225,6 +229,7 @@ class _Exchange:
                 upstream_status=response.status_code,
                 upstream_ms=round((time.perf_counter() - upstream_started) * 1000, 3),
             )
+            _refuse_redirect(self.proxy, response)
             if not 200 <= response.status_code < 300:
                 await self._forward_error(response)
             elif response.content_type.startswith("text/event-stream"):
@@ -240,9 +245,8 @@ class _Exchange:
         await send_response(
             self.send,
             response.status_code,
-            payload,
+            upstream_error_body(response.status_code, payload),
             headers=client_headers(response, decoded=True),
-            content_type=response.header(b"content-type") or b"application/json",
         )
 
     async def _json(self, response: UpstreamResponse) -> None:
@@ -426,6 +430,8 @@ class _StreamShell:
             for frame in self.relay.feed(data):
                 if await self._take(frame):
                     return
+            if self.relay.done:
+                break  # [DONE] ends the stream, whatever the upstream sends after it
         for frame in self.relay.finish():
             if await self._take(frame):
                 return
@@ -476,6 +482,18 @@ def _upstream_problem(metrics: Any, exc: Exception) -> ProxyError:
         "upstream_unreadable",
         "The upstream sent a stream event that cannot be read; the rest was not passed on.",
     )
+
+
+def _refuse_redirect(proxy: Proxy, response: UpstreamResponse) -> None:
+    """A 3xx from the upstream goes no further: following it is not the proxy's job, and its
+    ``Location`` (which may carry anything) must not send a client elsewhere."""
+    if 300 <= response.status_code < 400:
+        proxy.metrics.inc("traceguard_proxy_upstream_errors_total", kind="redirect")
+        raise ProxyError(
+            "upstream_unreadable",
+            f"The upstream answered with a redirect (HTTP {response.status_code}); the proxy "
+            "neither follows nor forwards redirects.",
+        )
 
 
 async def _read_limited(response: UpstreamResponse, limit: int) -> bytes:
@@ -537,11 +555,13 @@ async def passthrough(proxy: Proxy, scope: Scope, receive: Receive, send: Send) 
             receive,
             limit=proxy.spec.limits.max_body_bytes,
             declared=header_value(headers, "content-length"),
+            timeout=proxy.spec.limits.body_timeout_s,
         )
 
         async def forward() -> None:
             response = await _open(proxy, cycle, method, scope, headers, body, decoded=False)
             try:
+                _refuse_redirect(proxy, response)
                 cycle.status = response.status_code
                 out = Sender(send, response.status_code, client_headers(response, decoded=False))
                 try:

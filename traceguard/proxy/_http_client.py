@@ -12,23 +12,32 @@ where it reads bodies, and relays raw bytes where it does not).
 A request that fails on a reused keep-alive connection before any byte of the answer arrived is
 sent once more on a fresh connection: the server closed the idle connection first, and did not
 see the request.
+
+The upstream is not trusted to be well-formed: a body is read in pieces of at most 64 KiB
+whatever size a chunk declares (the caller bounds the total); a malformed chunk size or
+``Content-Length`` is an :class:`UpstreamError`; a header line holding control characters (a
+bare LF, a NUL) or a name that is not an HTTP token is dropped. An optional ``scrub`` on the
+response (see ``_scrub.py``) filters the body as it streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 __all__ = ["HttpClient", "UpstreamError", "UpstreamResponse", "UpstreamTimeout"]
 
 _MAX_HEAD = 64 * 1024
 _READ_SIZE = 64 * 1024
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 T = TypeVar("T")
 
@@ -50,6 +59,31 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     """The upstream did not connect or answer in time."""
+
+
+class BodyFilter(Protocol):
+    """Transforms a body as it streams (:class:`~._scrub.StreamScrub` is one)."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+
+def _length(value: bytes) -> int | None:
+    """A ``Content-Length`` value; raises :class:`UpstreamError` unless it is digits."""
+    if not value:
+        return None
+    value = value.strip()
+    if not value.isdigit():
+        raise UpstreamError("the upstream sent a malformed Content-Length")
+    return int(value)
+
+
+def _chunk_size(line: bytes) -> int:
+    size = line.split(b";", 1)[0].strip()
+    if not size or len(size) > 16 or not all(c in b"0123456789abcdefABCDEF" for c in size):
+        raise UpstreamError("the upstream sent a malformed chunk size")
+    return int(size, 16)
 
 
 class _Connection:
@@ -83,11 +117,13 @@ class UpstreamResponse:
         self.headers = headers
         self._keep_alive = keep_alive
         self._done = False
-        length = self.header(b"content-length")
+        self.scrub: BodyFilter | None = None
+        """Applied to the body as it streams, when set (before the first read)."""
         chunked = b"chunked" in self.header(b"transfer-encoding").lower()
         self._chunked = chunked
-        self._remaining: int | None = None if chunked or not length else int(length)
-        if not chunked and not length:
+        length = None if chunked else _length(self.header(b"content-length"))
+        self._remaining: int | None = length
+        if length is None and not chunked:
             if status_code in (204, 304) or 100 <= status_code < 200:
                 self._remaining = 0
             else:
@@ -114,9 +150,23 @@ class UpstreamResponse:
             raise UpstreamTimeout("the upstream stopped answering") from None
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             raise UpstreamError(f"the upstream connection broke ({type(exc).__name__})") from None
+        except ValueError:  # StreamReader.readline past its limit: a line with no end
+            raise UpstreamError("the upstream sent an overlong line") from None
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """The body as it arrives (chunked framing removed)."""
+        """The body as it arrives (chunked framing removed, :attr:`scrub` applied)."""
+        scrub = self.scrub
+        async for data in self._raw_bytes():
+            if scrub is not None:
+                data = scrub.feed(data)
+            if data:
+                yield data
+        if scrub is not None:
+            rest = scrub.close()
+            if rest:
+                yield rest
+
+    async def _raw_bytes(self) -> AsyncIterator[bytes]:
         connection = self._connection
         if connection is None or self._done:
             return
@@ -126,15 +176,19 @@ class UpstreamResponse:
                 line = await self._read(reader.readline())
                 if not line:
                     raise UpstreamError("the upstream closed a chunked body early")
-                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                size = _chunk_size(line)
                 if size == 0:
                     while (await self._read(reader.readline())) not in (b"\r\n", b"\n", b""):
                         pass  # trailers
                     self._done = True
                     return
-                data = await self._read(reader.readexactly(size))
+                while size > 0:  # in pieces: a declared gigabyte is never read at once
+                    data = await self._read(reader.read(min(size, _READ_SIZE)))
+                    if not data:
+                        raise UpstreamError("the upstream closed inside a chunk")
+                    size -= len(data)
+                    yield data
                 await self._read(reader.readline())
-                yield data
         elif self._remaining is not None:
             while self._remaining > 0:
                 data = await self._read(reader.read(min(self._remaining, _READ_SIZE)))
@@ -298,11 +352,18 @@ class HttpClient:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
             value = value.strip()
+            if not _TOKEN.fullmatch(name) or _CONTROL.search(value):
+                continue  # a line that would split into more headers, or no header at all
             headers.append((name, value))
             if name == b"connection":
                 token = value.lower()
                 keep_alive = b"close" not in token and (keep_alive or b"keep-alive" in token)
-        return UpstreamResponse(self, connection, status_code, headers, keep_alive=keep_alive)
+        try:
+            return UpstreamResponse(self, connection, status_code, headers, keep_alive=keep_alive)
+        except UpstreamError:
+            connection.close()
+            self._open -= 1
+            raise
 
     async def aclose(self) -> None:
         """Close every idle connection; answers still being read close when released."""

@@ -40,7 +40,8 @@ class UpstreamFailed(Exception):
 
 
 class BufferFull(ValueError):
-    """A buffered stream outgrew ``max_response_bytes``."""
+    """A stream outgrew ``max_response_bytes`` (what the final audit must hold: the chunks in
+    buffer mode, their text in passthrough mode)."""
 
 
 @dataclass
@@ -94,10 +95,12 @@ class StreamRelay:
             self._done_frame = frame.raw
             return Step()
         chunk = self._chunk(frame, data)
+        # Counted in both modes: a passthrough stream's text is held for the final audit too,
+        # so an upstream that never stops must not grow it without bound.
+        self._buffered += len(frame.raw)
+        if self._buffered > self._max:
+            raise BufferFull(f"the stream passed {self._max} bytes before its audit")
         if not self.passthrough:
-            self._buffered += len(frame.raw)
-            if self._buffered > self._max:
-                raise BufferFull(f"the stream passed {self._max} bytes before its audit")
             self._raw[id(chunk)] = (chunk, frame.raw)
         try:
             released = self.state.on_chunk(chunk)

@@ -184,9 +184,14 @@ class Proxy:
             )
 
     def passthrough_allowed(self, method: str, path: str) -> bool:
-        """True when ``METHOD path`` is one of the ``serve.passthrough`` endpoints."""
+        """True when ``METHOD path`` is one of the ``serve.passthrough`` endpoints.
+
+        A ``.`` or ``..`` segment never matches: the upstream would resolve it to a path the
+        rule does not name (``GET /v1/models/*`` must not reach ``GET /v1/``)."""
+        if any(segment in (".", "..") for segment in path.split("/")):
+            return False
         return any(
-            (rule_method in ("*", method)) and pattern.match(path)
+            (rule_method in ("*", method)) and pattern.fullmatch(path)
             for rule_method, pattern in self._rules
         )
 

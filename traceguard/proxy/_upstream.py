@@ -10,19 +10,25 @@ decisions).
 
 The client ignores ``HTTP(S)_PROXY`` and ``.netrc``: a proxy that picked credentials up from
 its environment would send them somewhere nobody configured.
+
+The request target is re-encoded from the path the proxy matched (ASGI gives it decoded): a
+client's ``%0D``, ``%20``, ``%3F`` or ``%00`` stays an escape and never becomes a byte of the
+upstream's request line. What comes back has the proxy's own secrets (the upstream key, the
+``headers_from_env`` values) replaced in every header and body (:mod:`._scrub`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_from_bytes, urlsplit
 
 from traceguard._config_auditors import env_headers
 from traceguard._config_serve import UpstreamSpec
 from traceguard._exceptions import ConfigurationError
 
 from ._http_client import HttpClient, UpstreamError, UpstreamResponse
+from ._scrub import Scrubber
 
 __all__ = ["Upstream", "client_headers", "header_value"]
 
@@ -53,6 +59,10 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
     "referer",
 }
 _NOT_RETURNED = _HOP_BY_HOP | {"content-length", "set-cookie", "server", "date"}
+# RFC 3986 pchar (sub-delims, ":" and "@") plus "/": everything else in a path is escaped.
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
+# A query keeps its escapes and separators; spaces, controls, non-ASCII bytes are escaped.
+_QUERY_SAFE = "/?!$&'()*+,;=:@-._~%"
 
 
 def _kept(name: str, dropped: frozenset[str]) -> bool:
@@ -89,6 +99,11 @@ class Upstream:
                 )
             headers["authorization"] = f"Bearer {key}"
         self._headers = {name.lower(): value for name, value in headers.items()}
+        secrets = list(headers.values())
+        if spec.api_key_env is not None:
+            secrets.append(os.environ[spec.api_key_env])
+        self.scrubber = Scrubber(secrets)
+        """The proxy's own secrets, kept out of everything the upstream sends back."""
         self._prefix = urlsplit(self.base_url).path.rstrip("/")
         self.client = HttpClient(
             self.base_url,
@@ -100,9 +115,9 @@ class Upstream:
     def target(self, path: str, query: bytes) -> str:
         """The request target upstream for a proxy path (``/v1/...``) and its query string."""
         rest = path[len("/v1") :] if path.startswith("/v1") else path
-        target = self._prefix + rest
+        target = self._prefix + quote(rest, safe=_PATH_SAFE)
         if query:
-            target += "?" + query.decode("latin-1")
+            target += "?" + quote_from_bytes(query, safe=_QUERY_SAFE)
         return target
 
     def request_headers(
@@ -114,9 +129,9 @@ class Upstream:
             name = raw_name.decode("latin-1").lower()
             if _kept(name, _NOT_FORWARDED):
                 out.append((name, raw_value.decode("latin-1")))
-        if decoded:
-            # The guard reads the body: ask for it uncompressed rather than inflate it here.
-            out.append(("accept-encoding", "identity"))
+        # The guard reads (or at least scrubs) every body: ask for it uncompressed rather than
+        # inflate it here.
+        out.append(("accept-encoding", "identity"))
         out.extend(self._headers.items())
         return out
 
@@ -136,12 +151,16 @@ class Upstream:
             UpstreamError: connection failures and timeouts (``UpstreamTimeout``), for the
                 caller to map.
         """
-        return await self.client.request(
+        response = await self.client.request(
             method,
             self.target(path, query),
             self.request_headers(headers, decoded=decoded),
             body,
         )
+        if self.scrubber:
+            response.headers = self.scrubber.headers(response.headers)
+            response.scrub = self.scrubber.stream()
+        return response
 
     async def probe(self, path: str = "/v1/models") -> bool:
         """True when the upstream answers ``GET path`` below 500 (it is alive)."""

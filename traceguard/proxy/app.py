@@ -107,7 +107,10 @@ class _MetricsRoute:
     def _allowed(self, request: Request) -> bool:
         if self._token is not None:
             given = bearer_token(request.headers.get("authorization"))
-            return given is not None and hmac.compare_digest(given, self._token)
+            # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500).
+            return given is not None and hmac.compare_digest(
+                given.encode("utf-8", "surrogateescape"), self._token.encode()
+            )
         peer = request.client.host if request.client is not None else ""
         return is_loopback_host(peer)
 
@@ -118,9 +121,11 @@ class _MetricsRoute:
                 "Metrics need the metrics token (serve.metrics.token_env), or a loopback peer "
                 "when no token is set.",
             )
-            return Response(
+            response = Response(
                 error.body(), status_code=error.http_status, media_type="application/json"
             )
+            response.headers.update({k.decode(): v.decode() for k, v in SECURITY_HEADERS})
+            return response
         from ._workers import snapshots
 
         text = render(merge(snapshots(self.proxy)))
