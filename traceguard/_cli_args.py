@@ -172,7 +172,11 @@ def add_guard_options(parser: argparse.ArgumentParser, *, sinks: bool) -> None:
         "the model was trained on (default: traceguard's rewrite, unmeasured on real weights)",
     )
     group.add_argument(
-        "--timeout", type=float, help="seconds per served auditor call (default: 120.0)"
+        "--timeout",
+        type=float,
+        help="deadline of each served auditor call in seconds, from connecting to the last byte "
+        "of the answer, retries included; a server trickling its answer cannot stretch it "
+        "(default: 120.0)",
     )
 
 

@@ -223,6 +223,8 @@ class ServedBackendSpec(Spec):
     headers_from_env: dict[str, EnvName] = Field(default_factory=dict)
     """Extra HTTP headers, each read from the environment variable named here."""
     timeout: PositiveFloat = 120.0
+    """Deadline of one auditor call, connect to last byte, retries included."""
+    attempt_timeout: PositiveFloat | None = None
     connect_timeout: PositiveFloat = 5.0
     max_retries: NonNegativeInt = 3
     max_concurrency: PositiveInt = 16
@@ -284,6 +286,7 @@ class ServedBackendSpec(Spec):
             api_key_env=self.api_key_env,
             headers=headers or None,
             timeout=self.timeout,
+            attempt_timeout=self.attempt_timeout,
             connect_timeout=self.connect_timeout,
             max_retries=self.max_retries,
             max_concurrency=self.max_concurrency,

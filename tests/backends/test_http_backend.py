@@ -290,7 +290,7 @@ async def test_read_timeouts_retried_when_asked(server: OpenAIServer, mode: Mode
         ScriptedResponse.json(chat_completion("late"), delay_s=2),
         ScriptedResponse.json(chat_completion("on time")),
     )
-    backend = _backend(server.base_url, timeout=0.2, retry_read_timeouts=True)
+    backend = _backend(server.base_url, timeout=10, attempt_timeout=0.2, retry_read_timeouts=True)
     (result,) = await _complete(backend, [_request()], mode)
     await _close(backend, mode)
     assert isinstance(result, Completion) and result.text == "on time"

@@ -48,6 +48,7 @@ class ServedOptions(TypedDict, total=False):
     api_key: str | None
     api_key_env: str
     timeout: float
+    attempt_timeout: float | None
     connect_timeout: float
     max_retries: int
     max_concurrency: int

@@ -72,9 +72,16 @@ class ClientPool(_Pool[httpx.Client]):
             self._free.put(index)
 
     @contextmanager
-    def slot(self) -> Iterator[httpx.Client]:
-        """Wait for a free slot and lend its client."""
-        index = self._free.get()
+    def slot(self, timeout: float | None = None) -> Iterator[httpx.Client]:
+        """Wait (up to ``timeout`` s) for a free slot and lend its client.
+
+        Raises:
+            TimeoutError: no slot came free in time.
+        """
+        try:
+            index = self._free.get(timeout=None if timeout is None else max(timeout, 0.0))
+        except queue.Empty:
+            raise TimeoutError("no free connection in time") from None
         try:
             yield self.clients[index]
         finally:
@@ -96,13 +103,34 @@ class AsyncClientPool(_Pool[httpx.AsyncClient]):
             self._free.put_nowait(index)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[httpx.AsyncClient]:
-        """Wait for a free slot and lend its client."""
-        index = await self._free.get()
+    async def slot(self, timeout: float | None = None) -> AsyncIterator[httpx.AsyncClient]:
+        """Wait (up to ``timeout`` s) for a free slot and lend its client.
+
+        Raises:
+            TimeoutError: no slot came free in time.
+        """
+        index = await (self._free.get() if timeout is None else self._get_within(timeout))
         try:
             yield self.clients[index]
         finally:
             self._free.put_nowait(index)
+
+    async def _get_within(self, timeout: float) -> int:
+        # Not asyncio.wait_for: before Python 3.12 it can drop an item that arrives as the
+        # timeout fires, and a slot lost that way would shrink the pool for good.
+        getter = asyncio.ensure_future(self._free.get())
+        try:
+            await asyncio.wait({getter}, timeout=max(timeout, 0.0))
+        except BaseException:
+            if getter.done() and not getter.cancelled():
+                self._free.put_nowait(getter.result())  # taken as we were cancelled: give back
+            else:
+                getter.cancel()
+            raise
+        if getter.done():
+            return getter.result()
+        getter.cancel()  # Queue.get leaves the item queued when cancelled before taking it
+        raise TimeoutError("no free connection in time")
 
     async def aclose(self) -> None:
         """Close every client."""

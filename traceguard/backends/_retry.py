@@ -181,18 +181,27 @@ def classify_exception(exc: httpx.HTTPError, *, where: str, policy: RetryPolicy)
     return Outcome(failure=failure)
 
 
-def retrying_kwargs(policy: RetryPolicy, *, can_fail_over: Callable[[], bool]) -> dict[str, Any]:
+def retrying_kwargs(
+    policy: RetryPolicy,
+    *,
+    can_fail_over: Callable[[], bool],
+    time_left: Callable[[], float | None] = lambda: None,
+) -> dict[str, Any]:
     """Keyword arguments for ``tenacity.Retrying`` / ``AsyncRetrying`` over :class:`Outcome`.
 
     ``can_fail_over()`` tells whether another base URL is up: a failure that marked its
     endpoint down is then retried at once on that URL instead of after a backoff.
+    ``time_left()`` gives the seconds left before the call's deadline (None: no deadline): no
+    retry starts when its wait would reach the deadline, and the last failure is returned.
     """
+
+    def base_backoff(attempt: int) -> float:
+        return min(policy.max_backoff_s, policy.backoff_s * 2.0 ** (attempt - 1))
 
     def backoff(attempt: int) -> float:
         # Exponential with additive jitter, computed here rather than with tenacity's helper,
         # whose arguments changed across the tenacity versions we support.
-        base = min(policy.max_backoff_s, policy.backoff_s * 2.0 ** (attempt - 1))
-        return base + random.uniform(0.0, policy.backoff_s)
+        return base_backoff(attempt) + random.uniform(0.0, policy.backoff_s)
 
     def failure_of(state: tenacity.RetryCallState) -> Failure | None:
         if state.outcome is None or state.outcome.failed:
@@ -204,13 +213,27 @@ def retrying_kwargs(policy: RetryPolicy, *, can_fail_over: Callable[[], bool]) -
         failure = failure_of(state)
         return failure is not None and failure.retryable
 
-    def wait(state: tenacity.RetryCallState) -> float:
+    def planned_wait(state: tenacity.RetryCallState, *, jitter: bool) -> float:
         failure = failure_of(state)
         if failure is not None and failure.endpoint_down and can_fail_over():
             return 0.0
         if failure is not None and failure.retry_after is not None:
             return min(failure.retry_after, policy.max_retry_after_s)
-        return backoff(state.attempt_number)
+        attempt = state.attempt_number
+        return backoff(attempt) if jitter else base_backoff(attempt)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        planned = planned_wait(state, jitter=True)
+        left = time_left()
+        return planned if left is None else max(0.0, min(planned, left))
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        if state.attempt_number >= policy.max_attempts:
+            return True
+        left = time_left()
+        # Tenacity asks before or after computing the wait, depending on its version: decide
+        # from the wait without jitter, the same either way.
+        return left is not None and left <= planned_wait(state, jitter=False)
 
     def give_up(state: tenacity.RetryCallState) -> Outcome:
         assert state.outcome is not None  # tenacity only gives up after an attempt
@@ -218,7 +241,7 @@ def retrying_kwargs(policy: RetryPolicy, *, can_fail_over: Callable[[], bool]) -
         return result
 
     return {
-        "stop": tenacity.stop_after_attempt(policy.max_attempts),
+        "stop": stop,
         "wait": wait,
         "retry": should_retry,
         "retry_error_callback": give_up,

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -30,9 +30,16 @@ import tenacity
 
 from traceguard._exceptions import (
     AuditorError,
+    AuditorTimeout,
     AuditorUnavailable,
     ConfigurationError,
     TraceguardError,
+)
+from traceguard._http_deadline import (
+    call_deadline,
+    deadline_async_client,
+    deadline_client,
+    time_left,
 )
 from traceguard.backends._base import (
     ChatBackend,
@@ -52,6 +59,7 @@ from traceguard.backends._openai_wire import (
 )
 from traceguard.backends._pools import AsyncClientPool, ClientPool, shared_ssl_context
 from traceguard.backends._retry import (
+    Failure,
     Outcome,
     RetryPolicy,
     classify_exception,
@@ -105,8 +113,14 @@ class OpenAICompatibleBackend(ChatBackend):
             deliberately no fallback to ``OPENAI_API_KEY``: that key belongs to another
             provider and must not be sent to a self-hosted auditor. The key never appears in
             reprs, logs or error messages.
-        timeout: seconds to wait for the server's answer (per read, as httpx counts it).
-        connect_timeout: seconds to wait for a connection.
+        timeout: the deadline of one call (:meth:`complete` and friends), in seconds: from
+            waiting for a free connection to the last byte of the answer, retries and their
+            waits included. A server that trickles its answer cannot stretch it; a request
+            still unanswered then fails as :class:`~traceguard.AuditorTimeout`.
+        attempt_timeout: the deadline of one attempt, connect to last byte (default: the whole
+            ``timeout``). Set it below ``timeout`` to leave time for a retry, e.g. with
+            ``retry_read_timeouts``.
+        connect_timeout: seconds to wait for a connection (within the deadline).
         max_retries: retries after the first attempt. A request may use one more attempt per
             additional base URL, so failover is never starved of attempts.
         max_concurrency: requests in flight at once, per process for the sync path and per
@@ -135,6 +149,7 @@ class OpenAICompatibleBackend(ChatBackend):
         api_key: str | None = None,
         api_key_env: str = DEFAULT_API_KEY_ENV,
         timeout: float = 120.0,
+        attempt_timeout: float | None = None,
         connect_timeout: float = 5.0,
         max_retries: int = 3,
         max_concurrency: int = 16,
@@ -156,7 +171,7 @@ class OpenAICompatibleBackend(ChatBackend):
             raise ConfigurationError(
                 "max_concurrency and max_top_logprobs must be >= 1, max_retries >= 0"
             )
-        if timeout <= 0 or connect_timeout <= 0:
+        if timeout <= 0 or connect_timeout <= 0 or (attempt_timeout or 1) <= 0:
             raise ConfigurationError("timeouts must be positive")
         extra = dict(extra_body or {})
         if "messages" in extra:
@@ -176,7 +191,8 @@ class OpenAICompatibleBackend(ChatBackend):
             self._headers["Content-Type"] = "application/json"
         self._secrets = _secrets_of(self._api_key, self._headers)
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
-        self._read_timeout = timeout
+        self._deadline_s = timeout
+        self._attempt_s = attempt_timeout
         self._connect_timeout = connect_timeout
         self._policy = RetryPolicy(
             max_attempts=1 + max_retries + len(self._endpoints.urls) - 1,
@@ -185,7 +201,9 @@ class OpenAICompatibleBackend(ChatBackend):
             max_retry_after_s=max_retry_after_s,
             retry_read_timeouts=retry_read_timeouts,
         )
-        self._retrying = retrying_kwargs(self._policy, can_fail_over=self._endpoints.any_up)
+        self._retrying = retrying_kwargs(
+            self._policy, can_fail_over=self._endpoints.any_up, time_left=time_left
+        )
         self._lock = threading.Lock()
         self._closed = False
         self._pool: ClientPool | None = None
@@ -294,6 +312,11 @@ class OpenAICompatibleBackend(ChatBackend):
         self, url: str, response: httpx.Response | FastResponse | httpx.HTTPError
     ) -> Outcome:
         where = self._endpoints.shown[url]
+        left = time_left()
+        if isinstance(response, httpx.TimeoutException) and left is not None and left <= 0:
+            # Our deadline ran out, whatever phase it hit: the endpoint is not known to be down.
+            reason = f"{where} did not answer within the call's deadline"
+            return Outcome(failure=Failure(AuditorTimeout, reason))
         if isinstance(response, httpx.HTTPError):
             outcome = classify_exception(response, where=where, policy=self._policy)
         else:
@@ -332,6 +355,10 @@ class OpenAICompatibleBackend(ChatBackend):
             text = text.replace(secret, "***")
         return text
 
+    def _no_slot(self) -> Outcome:
+        reason = f"{self.name}: no free connection before the call's deadline"
+        return Outcome(failure=Failure(AuditorTimeout, reason))
+
     def _closed_error(self) -> AuditorError:
         return AuditorUnavailable(f"{self.name}: the backend is closed")
 
@@ -345,7 +372,7 @@ class OpenAICompatibleBackend(ChatBackend):
         with self._lock:
             if self._pool is None:
                 self._pool = ClientPool(
-                    self.max_concurrency, lambda n: httpx.Client(**self._client_options(n))
+                    self.max_concurrency, lambda n: deadline_client(**self._client_options(n))
                 )
             return self._pool
 
@@ -362,12 +389,16 @@ class OpenAICompatibleBackend(ChatBackend):
     ) -> list[_T | AuditorError]:
         if self._closed:
             return [self._closed_error() for _ in bodies]
+        # One deadline for the whole call, taken now: worker threads do not inherit context.
+        deadline = time.monotonic() + self._deadline_s
         if len(bodies) <= 1:
-            return [self._one(body, reader) for body in bodies]
+            return [self._one(body, reader, deadline) for body in bodies]
         executor = self._sync_executor()
-        return list(executor.map(lambda body: self._one(body, reader), bodies))
+        return list(executor.map(lambda body: self._one(body, reader, deadline), bodies))
 
-    def _one(self, body: bytes | AuditorError, reader: _Reader[_T]) -> _T | AuditorError:
+    def _one(
+        self, body: bytes | AuditorError, reader: _Reader[_T], deadline: float
+    ) -> _T | AuditorError:
         if isinstance(body, AuditorError):
             return body
         started = time.perf_counter()
@@ -378,16 +409,20 @@ class OpenAICompatibleBackend(ChatBackend):
             nonlocal attempts
             attempts += 1
             url = self._endpoints.pick()
-            with pool.slot() as client:
-                try:
-                    response: httpx.Response | httpx.HTTPError = client.post(
-                        **self._post_kwargs(url, body)
-                    )
-                except httpx.HTTPError as exc:
-                    response = exc
+            try:
+                with call_deadline(self._attempt_s), pool.slot(time_left()) as client:
+                    try:
+                        response: httpx.Response | httpx.HTTPError = client.post(
+                            **self._post_kwargs(url, body)
+                        )
+                    except httpx.HTTPError as exc:
+                        response = exc
+            except TimeoutError:
+                return self._no_slot()
             return self._classify(url, response)
 
-        outcome: Outcome = tenacity.Retrying(**self._retrying)(attempt)
+        with call_deadline(deadline - time.monotonic()):
+            outcome: Outcome = tenacity.Retrying(**self._retrying)(attempt)
         return self._finish(outcome, attempts, started, reader)
 
     # -- async I/O -----------------------------------------------------------------------------
@@ -406,7 +441,7 @@ class OpenAICompatibleBackend(ChatBackend):
                 else:
                     pool = AsyncClientPool(
                         self.max_concurrency,
-                        lambda n: httpx.AsyncClient(**self._client_options(n)),
+                        lambda n: deadline_async_client(**self._client_options(n)),
                     )
                 self._loops[loop] = pool
             return pool
@@ -414,14 +449,21 @@ class OpenAICompatibleBackend(ChatBackend):
     async def _apost(
         self, pool: AsyncClientPool | AsyncHTTP11Pool, url: str, body: bytes
     ) -> httpx.Response | FastResponse | httpx.HTTPError:
-        """One POST within a slot of ``pool``: the answer, or the transport error as a value."""
+        """One POST within a slot of ``pool``: the answer, or the transport error as a value.
+
+        Both pools bound the wait for a slot and the whole exchange by the call's deadline (the
+        lean client takes it as its whole-response timeout).
+
+        Raises:
+            TimeoutError: no slot came free before the deadline.
+        """
         try:
             if isinstance(pool, AsyncHTTP11Pool):
-                async with pool.slot() as lean:
-                    return await lean.post(
-                        f"{url}/chat/completions", body, timeout=self._read_timeout
-                    )
-            async with pool.slot() as client:
+                async with pool.slot(time_left()) as lean:
+                    left = time_left()
+                    timeout = self._deadline_s if left is None else max(left, 0.0)
+                    return await lean.post(f"{url}/chat/completions", body, timeout=timeout)
+            async with pool.slot(time_left()) as client:
                 return await client.post(**self._post_kwargs(url, body))
         except httpx.HTTPError as exc:
             return exc
@@ -431,9 +473,12 @@ class OpenAICompatibleBackend(ChatBackend):
     ) -> list[_T | AuditorError]:
         if self._closed:
             return [self._closed_error() for _ in bodies]
-        return list(await asyncio.gather(*(self._aone(body, reader) for body in bodies)))
+        deadline = time.monotonic() + self._deadline_s
+        return list(await asyncio.gather(*(self._aone(body, reader, deadline) for body in bodies)))
 
-    async def _aone(self, body: bytes | AuditorError, reader: _Reader[_T]) -> _T | AuditorError:
+    async def _aone(
+        self, body: bytes | AuditorError, reader: _Reader[_T], deadline: float
+    ) -> _T | AuditorError:
         if isinstance(body, AuditorError):
             return body
         started = time.perf_counter()
@@ -444,14 +489,25 @@ class OpenAICompatibleBackend(ChatBackend):
             nonlocal attempts
             attempts += 1
             url = self._endpoints.pick()
-            return self._classify(url, await self._apost(pool, url, body))
+            try:
+                with call_deadline(self._attempt_s):
+                    response = await self._apost(pool, url, body)
+            except TimeoutError:
+                return self._no_slot()
+            return self._classify(url, response)
 
+        with call_deadline(deadline - time.monotonic()):
+            outcome = await self._attempts(attempt)
+        return self._finish(outcome, attempts, started, reader)
+
+    async def _attempts(self, attempt: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        """Run ``attempt`` and its retries (inside the call's deadline)."""
         # Most calls succeed at once: take the first attempt outside tenacity, whose per-call
         # bookkeeping cost as much CPU as the HTTP exchange itself. A failed first attempt is
         # handed to tenacity as its own first attempt, so retries go exactly as before.
         first = await attempt()
         if first.failure is None:
-            return self._finish(first, attempts, started, reader)
+            return first
         replayed = False
 
         async def replay_then_attempt() -> Outcome:
@@ -462,4 +518,4 @@ class OpenAICompatibleBackend(ChatBackend):
             return await attempt()
 
         outcome: Outcome = await tenacity.AsyncRetrying(**self._retrying)(replay_then_attempt)
-        return self._finish(outcome, attempts, started, reader)
+        return outcome
