@@ -7,22 +7,25 @@ on a decision) and the recording callbacks of :class:`_Recording`; they differ o
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
+from langchain_core.callbacks import manager as _callback_manager
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, GenerationChunk, LLMResult
 
 from traceguard._chat import RequestContext
 from traceguard._checkpoints import AsyncBackgroundAudit, BackgroundAudit, CheckpointClock
 from traceguard._decision import Decision
-from traceguard._exceptions import Blocked, Escalated
+from traceguard._exceptions import Blocked, ConfigurationError, Escalated
 from traceguard._guard import Guard
 from traceguard._reasoning import ReasoningStream, split_think_tags
 from traceguard._trace import Stage, ToolCall, Trace
@@ -219,15 +222,51 @@ class _RunRecorder:
         )
 
 
-def _awaitable(callback: Callable[_P, None]) -> Callable[_P, Coroutine[Any, Any, None]]:
-    """The async form of a callback that does no I/O, for the async handler.
+# LangChain's dispatcher for sync runs. It calls each callback directly, so when a callback is
+# found running under it, the run is a sync one whatever event loop the thread may also have.
+_SYNC_DISPATCH = getattr(_callback_manager.handle_event, "__code__", None)
+_FRAMES_TO_DISPATCHER = 4
 
-    LangChain awaits the methods of an ``AsyncCallbackHandler``; the recording steps are the same
-    in both handlers, so they are written once (in :class:`_Recording`) and wrapped here.
+
+def _in_sync_run() -> bool:
+    """Whether LangChain is delivering the calling callback from a sync run.
+
+    LangChain calls an async handler's methods on the event loop of the async run, in the same
+    thread; with no event loop in this thread the run is a sync one. A sync run started inside
+    a coroutine (blocking its loop) is told by LangChain's sync dispatcher among the callers.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True
+    frame = inspect.currentframe()
+    for _ in range(_FRAMES_TO_DISPATCHER + 2):  # this function and the callback first
+        if frame is None:
+            return False
+        if frame.f_code is _SYNC_DISPATCH:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _refuse_sync_run(callback: Callable[_P, None]) -> Callable[_P, None]:
+    """The async handler's form of a recording callback: the same step, refused in a sync run.
+
+    For a sync run LangChain awaits an async handler's coroutines in a throwaway event loop and
+    only logs what they raise, whatever ``raise_error`` says: the audit at the run's end could
+    not stop it. These callbacks do no I/O, so they stay plain methods, which LangChain calls
+    directly in both kinds of run; raised here, the refusal stops a sync run before the model
+    is called.
     """
 
     @functools.wraps(callback)
-    async def run(*args: _P.args, **kwargs: _P.kwargs) -> None:
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        if _in_sync_run():
+            raise ConfigurationError(
+                "AsyncTraceguardCallbackHandler is attached to a sync run (invoke, batch, "
+                "stream, or a call from a worker thread): LangChain would ignore its block, so "
+                "the run is refused. Use TraceguardCallbackHandler for sync calls."
+            )
         callback(*args, **kwargs)
 
     return run
@@ -260,8 +299,8 @@ class _Recording(_HandlerBase):
     """The callbacks that only record, written once for both handlers.
 
     ``self`` is typed as :class:`_HandlerBase` so that the async handler, which cannot inherit
-    these sync methods from ``AsyncCallbackHandler``'s side, can take them through
-    :func:`_awaitable`.
+    these methods from ``AsyncCallbackHandler``'s side, can take them through
+    :func:`_refuse_sync_run`.
     """
 
     def on_chat_model_start(
@@ -414,13 +453,17 @@ class AsyncTraceguardCallbackHandler(_HandlerBase, AsyncCallbackHandler):
 
     For ``ainvoke`` / ``abatch`` / ``astream`` / ``astream_events`` only. LangChain runs an async
     handler attached to a *sync* call in a throwaway event loop and swallows its exceptions
-    whatever ``raise_error`` says, so it could not stop that run: use
+    whatever ``raise_error`` says, so it could not stop that run: such a run (``invoke``,
+    ``batch``, ``stream``, a call from a worker thread, or a sync call inside a coroutine) is
+    refused with :class:`~traceguard.ConfigurationError` before the model is called. Use
     :class:`TraceguardCallbackHandler` for sync calls.
     """
 
-    on_chat_model_start = _awaitable(_Recording.on_chat_model_start)
-    on_llm_start = _awaitable(_Recording.on_llm_start)
-    on_llm_error = _awaitable(_Recording.on_llm_error)
+    # Plain methods, not coroutines (see _refuse_sync_run); LangChain calls them inline. A sync
+    # run is refused at its start, so the token callback below never sees one.
+    on_chat_model_start = _refuse_sync_run(_Recording.on_chat_model_start)  # type: ignore[assignment]
+    on_llm_start = _refuse_sync_run(_Recording.on_llm_start)  # type: ignore[assignment]
+    on_llm_error = _refuse_sync_run(_Recording.on_llm_error)  # type: ignore[assignment]
 
     async def on_llm_new_token(
         self,
