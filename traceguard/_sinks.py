@@ -29,6 +29,7 @@ import tenacity
 
 from traceguard._decision import Decision
 from traceguard._exceptions import SinkError
+from traceguard._http_log import quiet_url
 from traceguard._retry_after import parse_retry_after
 from traceguard._trace import Trace
 from traceguard._urls import redact_url
@@ -260,9 +261,10 @@ class WebhookSink(Sink):
         )
 
     def _post_once(self, body: bytes) -> None:
-        response = self._client.post(
-            self._url, content=body, headers={"content-type": "application/json"}
-        )
+        with quiet_url("origin"):  # the path and query of a webhook URL are its secret
+            response = self._client.post(
+                self._url, content=body, headers={"content-type": "application/json"}
+            )
         status = response.status_code
         if status == 429 or status >= 500:
             raise _RetryableStatus(status, parse_retry_after(response.headers.get("retry-after")))

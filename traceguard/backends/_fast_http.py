@@ -41,9 +41,10 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 def eligible(url: str) -> bool:
-    """True when ``url`` can go through this client: plain HTTP, no proxy configured for it."""
+    """True when ``url`` can go through this client: plain HTTP, no proxy configured for it,
+    no credentials in it (httpx turns those into Basic auth; this client would drop them)."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
+    if parts.scheme != "http" or not parts.hostname or parts.username or parts.password:
         return False
     proxies = urllib.request.getproxies()
     if not proxies.get("http") and not proxies.get("all"):

@@ -15,6 +15,7 @@ retry decision and the failover choice are shared (``_openai_wire``, ``_retry``,
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from traceguard._http_deadline import (
     deadline_client,
     time_left,
 )
+from traceguard._http_log import quiet_url
 from traceguard.backends._base import (
     ChatBackend,
     ChatRequest,
@@ -82,11 +84,15 @@ _MIN_SECRET_CHARS = 8
 """Shorter header values ("gzip", "1") are not worth scrubbing, and would mangle messages."""
 
 
-def _secrets_of(api_key: str | None, headers: Mapping[str, str]) -> tuple[str, ...]:
+def _secrets_of(
+    api_key: str | None, headers: Mapping[str, str], urls: Sequence[str] = ()
+) -> tuple[str, ...]:
     """Every credential-like string that must never appear in an error message, longest first.
 
     Any header value may be a credential (``X-Api-Key``, a proxy token); for ``Bearer x`` and
-    ``Basic x`` the token alone is scrubbed too, since servers quote it without the scheme.
+    ``Basic x`` the token alone is scrubbed too, since servers quote it without the scheme. A
+    password in a base URL goes out as HTTP Basic auth, so its Basic token is scrubbed as well
+    as the password (decoded and as written).
     """
     found = {api_key} if api_key else set()
     for value in headers.values():
@@ -94,6 +100,12 @@ def _secrets_of(api_key: str | None, headers: Mapping[str, str]) -> tuple[str, .
         scheme, _, token = value.partition(" ")
         if token and scheme.lower() in ("bearer", "basic", "token"):
             found.add(token.strip())
+    for url in urls:
+        parsed = httpx.URL(url)
+        if parsed.userinfo:
+            pair = f"{parsed.username}:{parsed.password}"
+            found.update((pair, parsed.userinfo.decode("ascii", "replace"), parsed.password))
+            found.add(base64.b64encode(pair.encode("utf-8")).decode("ascii"))
     found.discard("application/json")
     return tuple(
         sorted((s for s in found if s and len(s) >= _MIN_SECRET_CHARS), key=len, reverse=True)
@@ -189,7 +201,7 @@ class OpenAICompatibleBackend(ChatBackend):
             self._headers.setdefault("Authorization", f"Bearer {self._api_key}")
         if not any(name.lower() == "content-type" for name in self._headers):
             self._headers["Content-Type"] = "application/json"
-        self._secrets = _secrets_of(self._api_key, self._headers)
+        self._secrets = _secrets_of(self._api_key, self._headers, self._endpoints.urls)
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._deadline_s = timeout
         self._attempt_s = attempt_timeout
@@ -410,7 +422,7 @@ class OpenAICompatibleBackend(ChatBackend):
             attempts += 1
             url = self._endpoints.pick()
             try:
-                with call_deadline(self._attempt_s), pool.slot(time_left()) as client:
+                with call_deadline(self._attempt_s), quiet_url(), pool.slot(time_left()) as client:
                     try:
                         response: httpx.Response | httpx.HTTPError = client.post(
                             **self._post_kwargs(url, body)
@@ -490,7 +502,7 @@ class OpenAICompatibleBackend(ChatBackend):
             attempts += 1
             url = self._endpoints.pick()
             try:
-                with call_deadline(self._attempt_s):
+                with call_deadline(self._attempt_s), quiet_url():
                     response = await self._apost(pool, url, body)
             except TimeoutError:
                 return self._no_slot()
