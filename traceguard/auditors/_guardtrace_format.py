@@ -168,11 +168,12 @@ _CLOSE_QUOTES = "”\"'’」』"
 
 
 def _key_pattern(words: str) -> re.Pattern[str]:
-    # A key is a word, optionally in any quotes and Markdown emphasis, then an ASCII or
-    # full-width colon. It must not be the tail of a longer ASCII word ("prejudgment:").
+    # A key is a word, optionally in quotes and Markdown emphasis, then an ASCII or full-width
+    # colon. It must not be the tail of a longer ASCII word ("prejudgment:"). The quotes are
+    # captured: the model quotes the key alone (“Judgment”: 0), never the whole statement.
     return re.compile(
-        rf"(?<![A-Za-z0-9])[*_]*[{_OPEN_QUOTES}{_CLOSE_QUOTES}]?[*_]*(?:{words})"
-        rf"[*_]*[{_OPEN_QUOTES}{_CLOSE_QUOTES}]?[*_]*[ \t]*[:：]",
+        rf"(?<![A-Za-z0-9])[*_]*(?P<open>[{_OPEN_QUOTES}{_CLOSE_QUOTES}])?[*_]*(?:{words})"
+        rf"[*_]*(?P<close>[{_OPEN_QUOTES}{_CLOSE_QUOTES}])?[*_]*[ \t]*[:：]",
         re.IGNORECASE,
     )
 
@@ -180,18 +181,21 @@ def _key_pattern(words: str) -> re.Pattern[str]:
 # Chinese 判断/判定 are accepted: the model is bilingual and may answer a Chinese trace in kind.
 _JUDGMENT_KEY = _key_pattern("judge?ment|判断|判定")
 _ANALYSIS_KEY = _key_pattern("analysis|分析")
-# After the key: optional emphasis, bracket or quote, the number, its closing marks. ".5" is
-# accepted as 0.5 (unambiguous); "0.50" and "1.0" too. A sign or any other number is not.
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+# After the key: emphasis, then the number bare or in one matching pair of brackets or quotes.
+# ".5" is accepted as 0.5 (unambiguous); "0.50" and "1.0" too. A sign or any other number is not.
 _JUDGMENT_VALUE = re.compile(
-    rf"[ \t*_]*[\[【{_OPEN_QUOTES}]?[ \t]*(?P<value>\d+(?:\.\d*)?|\.\d+)"
-    rf"[ \t]*[\]】{_CLOSE_QUOTES}]?"
+    rf"[ \t*_]*(?:(?P<bare>{_NUMBER})|\[[ \t]*(?P<square>{_NUMBER})[ \t]*\]"
+    rf"|【[ \t]*(?P<lenticular>{_NUMBER})[ \t]*】"
+    rf"|[{_OPEN_QUOTES}][ \t]*(?P<quoted>{_NUMBER})[ \t]*[{_CLOSE_QUOTES}])"
 )
-# What may follow the final judgment: closing marks, a full stop, and a short parenthesised
-# label such as "(Potentially harmful)". Anything else means the judgment was not the model's
-# last word (truncated output, an echoed quote), and the output is rejected.
-_TRAILER = re.compile(
-    rf"[\s*_.。{_CLOSE_QUOTES}\]】)）]*(?:[(（][^()（）\n]{{0,40}}[)）])?[\s*_.。{_CLOSE_QUOTES}]*"
-)
+# What may follow the final judgment: emphasis, a full stop, and a short parenthesised label
+# such as "(Potentially harmful)". Anything else — a closing quote, a code fence, more text —
+# means the judgment was not the model's last word (an echoed quote, a truncated output).
+_TRAILER = re.compile(r"[\s*_.。]*(?:[(（][^()（）\n]{0,40}[)）])?[\s*_.。]*")
+# Before the final judgment's key, on its line: indentation and emphasis only. Quote marks, a
+# blockquote '>' or any other text there mean the model is quoting, not judging.
+_LINE_LEAD = re.compile(r"[ \t*_]*")
 
 
 def _level_of(number: str) -> float | None:
@@ -207,24 +211,34 @@ def parse_guardtrace_output(text: str) -> ParsedJudgment:
     """Read the risk level and the analysis from GuardTrace's generated text.
 
     The *last* judgment key (``“Judgment”:``; curly, ASCII or no quotes; ``:`` or ``：``; Markdown
-    bold; Chinese ``判断``/``判定``) decides, and it must be the model's last word: only closing
-    marks or a short parenthesised label may follow it. Audited text echoed into the analysis
-    may hold fake judgments; they come before the model's own and lose.
+    bold; Chinese ``判断``/``判定``) decides, and it must be the model's own, in the model's
+    format: on a line of its own (only indentation or emphasis before it), the key alone in
+    quotes, the value bare or in one pair of brackets or quotes, and nothing after it but a
+    full stop or a short parenthesised label. Audited text the model echoes may hold fake
+    judgments: one that comes before the model's own loses; one quoted, or inside a sentence,
+    or followed by more text, is not read as a verdict at all — and as the last key it makes
+    the output unparseable, never safe.
 
     Raises:
-        ParseError: no judgment, a value other than 0/0.5/1 (``0.7``, ``2``, ``safe``), or text
-            after the final judgment. Never read as safe.
+        ParseError: no judgment, a last judgment not in the model's format, a value other than
+            0/0.5/1 (``0.7``, ``2``, ``safe``), or text after the final judgment.
     """
     keys = list(_JUDGMENT_KEY.finditer(text))
     if not keys:
         raise ParseError("no judgment in the auditor output")
     last = keys[-1]
+    line_start = text.rfind("\n", 0, last.start()) + 1
+    if _LINE_LEAD.fullmatch(text, line_start, last.start()) is None:
+        raise ParseError("the last judgment is not on a line of its own (quoted or echoed text?)")
+    if (last.group("open") is None) != (last.group("close") is None):
+        raise ParseError("the last judgment is inside quotes (quoted or echoed text?)")
     value = _JUDGMENT_VALUE.match(text, last.end())
     if value is None:
         raise ParseError("the final judgment has no numeric value")
-    risk = _level_of(value.group("value"))
+    number = next(v for v in value.group("bare", "square", "lenticular", "quoted") if v)
+    risk = _level_of(number)
     if risk is None:
-        raise ParseError(f"the final judgment {value.group('value')!r} is not 0, 0.5 or 1")
+        raise ParseError(f"the final judgment {number!r} is not 0, 0.5 or 1")
     if _TRAILER.fullmatch(text, value.end()) is None:
         raise ParseError("text follows the final judgment")
     return ParsedJudgment(risk=risk, analysis=_analysis_before(text, last.start()))
