@@ -440,11 +440,20 @@ def test_a_webhook_url_can_come_from_the_environment(monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigurationError, match="HOOK is not set"):
         config.build_sinks()
     monkeypatch.setenv("HOOK", "http://127.0.0.1:9/T000/B000/secret")
+    with pytest.raises(ConfigurationError, match="allow_private") as refused:
+        config.build_sinks()  # a loopback receiver needs allow_private
+    assert "secret" not in str(refused.value)
+    config = GuardConfig.from_mapping(
+        {
+            "auditor": {"kind": "baseline"},
+            "sinks": [{"kind": "webhook", "url_env": "HOOK", "allow_private": True}],
+        }
+    )
     (sink,) = config.build_sinks()
     try:
         assert isinstance(sink, WebhookSink) and "secret" not in repr(sink)
     finally:
-        sink.close()
+        sink.close(timeout=0)
     with pytest.raises(ConfigurationError, match="give either url or url_env"):
         GuardConfig.from_mapping({"auditor": {"kind": "baseline"}, "sinks": [{"kind": "webhook"}]})
 

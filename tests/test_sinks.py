@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -19,9 +20,10 @@ import pytest
 
 from traceguard._images import ImageRef
 from traceguard._policy import Policy
-from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink, SinkError, WebhookSink
+from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink, SinkError
 from traceguard._trace import Trace
 from traceguard._verdict import Verdict
+from traceguard._webhook import WebhookSink
 
 # A real PNG header (1×1) followed by a marker that must never reach a record.
 PNG = (
@@ -193,8 +195,18 @@ def receiver() -> Iterator[Receiver]:
         thread.join()
 
 
+_SPILL = tempfile.mkdtemp(prefix="traceguard-test-spill-")
+
+
 def webhook(url: str, **kwargs: object) -> WebhookSink:
-    options: dict[str, object] = {"backoff": 0.01, "max_backoff": 0.05, "timeout": 5.0}
+    options: dict[str, object] = {
+        "backoff": 0.01,
+        "max_backoff": 0.05,
+        "timeout": 5.0,
+        "allow_private": True,
+        "spill_dir": _SPILL,
+        "close_timeout": 5.0,
+    }
     options.update(kwargs)
     return WebhookSink(url, **options)  # type: ignore[arg-type]
 
@@ -209,42 +221,63 @@ def test_webhook_posts_the_record_with_headers(receiver: Receiver) -> None:
     assert receiver.bodies == [record.to_dict()]
     assert receiver.headers[0]["authorization"] == "Bearer tok-123"
     assert receiver.headers[0]["content-type"] == "application/json"
+    assert (sink.delivered, sink.pending, sink.dropped, sink.rejected) == (1, 0, 0, 0)
 
 
-def test_webhook_retries_5xx_and_429_then_succeeds(
+def test_webhook_batches_post_json_arrays(receiver: Receiver) -> None:
+    records = [make_record() for _ in range(5)]
+    with webhook(receiver.url, batch_size=2) as sink:
+        for record in records:
+            sink.emit(record)
+    received = [r for body in receiver.bodies for r in body]  # type: ignore[attr-defined]
+    assert sorted(r["record_id"] for r in received) == sorted(r.record_id for r in records)
+    assert all(isinstance(body, list) and len(body) <= 2 for body in receiver.bodies)
+
+
+def test_webhook_retries_5xx_429_redirects_and_auth_errors_then_delivers(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    receiver.answer(500, 503, 429)
+    receiver.answer(500, 503, 429, 302, 401, 404)
     with (
         caplog.at_level(logging.WARNING, logger="traceguard.sinks"),
         webhook(receiver.url, headers={"Authorization": "Bearer tok-123"}) as sink,
     ):
         sink.emit(make_record())
-    assert len(receiver.bodies) == 4
+    assert len(receiver.bodies) == 7
     # The same record each time, so the receiver can deduplicate.
     assert len({body["record_id"] for body in receiver.bodies}) == 1
+    assert sink.delivered == 1
     assert "retrying" in caplog.text
     for secret in ("tok-123", "s3cr3t-path", "qs-secret"):
         assert secret not in caplog.text
 
 
-@pytest.mark.parametrize("status", [400, 401, 404, 302])
-def test_webhook_does_not_retry_4xx_or_redirects(receiver: Receiver, status: int) -> None:
+@pytest.mark.parametrize("status", [400, 409, 413, 415, 422])
+def test_webhook_counts_refused_content_and_does_not_retry_it(
+    receiver: Receiver, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
     receiver.answer(status)
-    with webhook(receiver.url) as sink, pytest.raises(SinkError, match=f"HTTP {status}") as info:
-        sink.emit(make_record())
-    assert len(receiver.bodies) == 1
-    assert "s3cr3t-path" not in str(info.value)
+    with caplog.at_level(logging.WARNING, logger="traceguard.sinks"):
+        with webhook(receiver.url) as sink:
+            sink.emit(make_record())
+            sink.emit(make_record())
+    assert len(receiver.bodies) == 2
+    assert (sink.delivered, sink.rejected, sink.undelivered) == (1, 1, 1)
+    assert "refused a record" in caplog.text and "s3cr3t-path" not in caplog.text
 
 
-def test_webhook_gives_up_after_max_retries(receiver: Receiver) -> None:
-    receiver.answer(500, 500, 500, 500)
-    with webhook(receiver.url, max_retries=2) as sink, pytest.raises(SinkError, match="HTTP 500"):
-        sink.emit(make_record())
-    assert len(receiver.bodies) == 3
+def test_webhook_finds_the_refused_record_in_a_batch(receiver: Receiver) -> None:
+    receiver.answer(422)  # the batch of three is refused; then each alone: one is refused
+    receiver.answer(200, 422, 200)
+    with webhook(receiver.url, batch_size=3) as sink:
+        for _ in range(3):
+            sink.emit(make_record())
+    assert (sink.delivered, sink.rejected) == (2, 1)
 
 
-def test_webhook_connection_refused_is_retried_then_reported() -> None:
+def test_webhook_connection_refused_keeps_the_records_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # Bind then close a port: nothing listens there.
     import socket
 
@@ -253,12 +286,15 @@ def test_webhook_connection_refused_is_retried_then_reported() -> None:
     port = sock.getsockname()[1]
     sock.close()
     url = f"http://127.0.0.1:{port}/hooks/s3cr3t-path"
-    with webhook(url, max_retries=1) as sink, pytest.raises(SinkError) as info:
+    with caplog.at_level(logging.WARNING, logger="traceguard.sinks"):
+        sink = webhook(url, max_retries=1, spill_dir=tmp_path, close_timeout=0.3)
         sink.emit(make_record())
-    message = str(info.value)
-    assert "unreachable: ConnectError" in message
-    assert "s3cr3t-path" not in message
-    assert "s3cr3t-path" not in repr(sink)
+        sink.close()
+    assert (sink.delivered, sink.pending, sink.dropped) == (0, 1, 0)
+    assert "1 not delivered" in caplog.text and "kept in" in caplog.text
+    assert "s3cr3t-path" not in caplog.text and "s3cr3t-path" not in repr(sink)
+    with pytest.raises(SinkError, match="closed"):
+        sink.emit(make_record())
 
 
 # -- BackgroundSink -----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from traceguard._reasoning import (
     extract_responses_output,
     split_think_tags,
 )
-from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink, WebhookSink
+from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink
 from traceguard._tools import (
     ToolContext,
     current_tool_context,
@@ -52,6 +52,7 @@ from traceguard._tools import (
 from traceguard._trace import Stage, ToolCall, Trace, Turn
 from traceguard._verdict import AuditStatus, ErrorInfo, Label, Verdict
 from traceguard._version import __version__
+from traceguard._webhook import WebhookSink
 from traceguard.audit import AuditOptions, AuditSummary, arun_audit, run_audit
 from traceguard.auditors._guardtrace_format import (
     ParsedJudgment,

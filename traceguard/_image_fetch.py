@@ -28,6 +28,7 @@ import httpx
 
 from traceguard._exceptions import ImageAccessDenied, ImageError
 from traceguard._image_access import ImageAccess
+from traceguard._net_addresses import is_public_address
 from traceguard._urls import redact_url
 from traceguard._version import __version__
 
@@ -159,32 +160,6 @@ def _checked_target(url: str, access: ImageAccess) -> tuple[httpx.URL, str]:
     return parsed, shown
 
 
-# IPv6 prefixes that carry an IPv4 address in their last 32 bits and that a gateway may
-# translate to it: NAT64 (RFC 6052 well-known and RFC 8215 local-use) and the deprecated
-# IPv4-compatible form. Python calls these global, whatever IPv4 address they embed.
-_IPV4_EMBEDDING = (
-    ipaddress.IPv6Network("64:ff9b::/96"),
-    ipaddress.IPv6Network("64:ff9b:1::/48"),
-    ipaddress.IPv6Network("::/96"),
-)
-
-
-def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True for a global unicast address that embeds no private IPv4 address."""
-    if not address.is_global or address.is_multicast:
-        return False
-    if isinstance(address, ipaddress.IPv4Address):
-        return True
-    if address.is_site_local:  # fec0::/10: deprecated, yet still routed inside some networks
-        return False
-    embedded = [address.ipv4_mapped, address.sixtofour]
-    if address.teredo is not None:
-        embedded.extend(address.teredo)
-    if any(address in network for network in _IPV4_EMBEDDING):
-        embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    return all(inner is None or _is_public(inner) for inner in embedded)
-
-
 def _check_addresses(addresses: Iterable[str], access: ImageAccess, shown: str) -> None:
     """Refuse hosts that resolve to anything but public unicast addresses."""
     if access.allow_private_hosts:
@@ -193,7 +168,7 @@ def _check_addresses(addresses: Iterable[str], access: ImageAccess, shown: str) 
     for text in addresses:
         found = True
         address = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone id
-        if not _is_public(address):
+        if not is_public_address(address):
             raise ImageAccessDenied(
                 f"image URL {shown!r} resolves to a non-public address "
                 "(set ImageAccess.allow_private_hosts to allow it)"

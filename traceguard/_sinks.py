@@ -5,8 +5,8 @@ webhook sinks write) carries sizes, hashes and image identities (``Trace.summary
 decision and the verdict; never image bytes and never the audited text itself. The one sink that
 keeps the text is the review queue (:mod:`traceguard.review`), because a reviewer must see what
 they judge; it reads it from ``AuditRecord.trace``. Sinks are thread-safe. ``Guard`` isolates
-the caller from sink failures, and runs sinks marked ``slow`` (the webhook) behind a
-:class:`BackgroundSink`.
+the caller from sink failures, and runs sinks marked ``slow`` behind a :class:`BackgroundSink`.
+The webhook sink (:mod:`traceguard._webhook`) queues and delivers on its own thread.
 """
 
 from __future__ import annotations
@@ -24,15 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import httpx
-import tenacity
-
 from traceguard._decision import Decision
 from traceguard._exceptions import SinkError
-from traceguard._http_log import quiet_url
-from traceguard._retry_after import parse_retry_after
 from traceguard._trace import Trace
-from traceguard._urls import redact_url
 from traceguard._verdict import Verdict
 
 __all__ = [
@@ -41,7 +35,6 @@ __all__ = [
     "JsonlSink",
     "Sink",
     "SinkError",
-    "WebhookSink",
 ]
 
 logger = logging.getLogger("traceguard.sinks")
@@ -135,6 +128,13 @@ class Sink(abc.ABC):
         """Wait until emitted records are stored; True when nothing is left pending."""
         return True
 
+    @property
+    def undelivered(self) -> int:
+        """Records this sink accepted without raising and has not stored: still queued, lost
+        or refused by a receiver (0 for sinks that store in ``emit``). Callers add it up after
+        :meth:`close` to say what did not arrive."""
+        return 0
+
     def close(self) -> None:  # noqa: B027 - optional hook; stateless sinks hold nothing
         """Release files, connections and threads. Idempotent."""
 
@@ -187,110 +187,6 @@ class JsonlSink(Sink):
         return f"JsonlSink({str(self.path)!r})"
 
 
-class _RetryableStatus(Exception):
-    def __init__(self, status: int, retry_after: float | None = None) -> None:
-        self.status = status
-        self.retry_after = retry_after
-        super().__init__(f"HTTP {status}")
-
-
-class WebhookSink(Sink):
-    """POSTs each record as JSON to a URL.
-
-    Retries with exponential backoff and jitter on transport errors (connection refused, timeouts),
-    HTTP 429 and 5xx (honouring a ``Retry-After`` in seconds, up to ``max_backoff``); never on other
-    4xx, which mean the receiver rejects the record, nor on redirects, which are not followed.
-    Each record has a unique ``record_id`` so the receiver can drop a duplicate delivered by a
-    retry.
-
-    Header values (auth tokens) and the URL's path and query never appear in logs, errors or the
-    repr. ``Guard`` runs this sink in a :class:`BackgroundSink` by default.
-    """
-
-    slow: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 10.0,
-        max_retries: int = 3,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        self._client = httpx.Client(
-            headers=dict(headers or {}), timeout=timeout, transport=transport
-        )
-        self._url = httpx.URL(url)
-        # Webhook URLs often carry their secret in the path or query (Slack, Teams): show the
-        # origin only.
-        self._origin = redact_url(url, keep_path=False)
-        # Spelled as exponential + random rather than wait_exponential_jitter, whose argument
-        # names differ between the tenacity versions we support.
-        self._backoff = tenacity.wait_exponential(multiplier=backoff, max=max_backoff) + (
-            tenacity.wait_random(0, backoff)
-        )
-        self._max_backoff = max_backoff
-        self._retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(max_retries + 1),
-            wait=self._wait,
-            retry=tenacity.retry_if_exception_type((httpx.TransportError, _RetryableStatus)),
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        delay = float(self._backoff(state))
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, _RetryableStatus) and exc.retry_after is not None:
-            # The receiver said when to come back (429/503): wait at least that, within bounds.
-            delay = max(delay, min(exc.retry_after, self._max_backoff))
-        return delay
-
-    def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        logger.warning(
-            "webhook %s: attempt %d failed (%s), retrying",
-            self._origin,
-            state.attempt_number,
-            type(exc).__name__ if not isinstance(exc, _RetryableStatus) else exc,
-        )
-
-    def _post_once(self, body: bytes) -> None:
-        with quiet_url("origin"):  # the path and query of a webhook URL are its secret
-            response = self._client.post(
-                self._url, content=body, headers={"content-type": "application/json"}
-            )
-        status = response.status_code
-        if status == 429 or status >= 500:
-            raise _RetryableStatus(status, parse_retry_after(response.headers.get("retry-after")))
-        if status >= 300:
-            # Redirects are not followed: re-posting an audit record to wherever a 3xx points
-            # would hand it to a host nobody configured.
-            raise SinkError(f"webhook {self._origin} rejected the record: HTTP {status}")
-
-    def emit(self, record: AuditRecord) -> None:
-        body = record.to_json_bytes()
-        try:
-            # A copy per call: a Retrying object keeps per-run state, and emit runs on many threads.
-            self._retrying.copy()(self._post_once, body)
-        except _RetryableStatus as exc:
-            raise SinkError(f"webhook {self._origin} kept failing: HTTP {exc.status}") from None
-        except httpx.TransportError as exc:
-            # The message of a transport error may include the full URL; name only its type.
-            raise SinkError(f"webhook {self._origin} unreachable: {type(exc).__name__}") from None
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __repr__(self) -> str:
-        return f"WebhookSink({self._origin!r})"
-
-
 class BackgroundSink(Sink):
     """Runs another sink on a daemon worker thread so ``emit`` never waits for it.
 
@@ -307,6 +203,8 @@ class BackgroundSink(Sink):
         self.maxsize = maxsize
         self.dropped = 0
         self.errors = 0
+        self.abandoned = 0
+        """Records still queued when :meth:`close` gave up waiting."""
         self._queue: collections.deque[AuditRecord] = collections.deque()
         self._pending = 0  # queued plus the one being emitted
         self._closing = False
@@ -357,6 +255,14 @@ class BackgroundSink(Sink):
         with self._cond:
             return self._pending
 
+    @property
+    def undelivered(self) -> int:
+        """Records dropped, failed in the inner sink, abandoned at close, or still pending, plus
+        whatever the inner sink itself did not deliver."""
+        with self._cond:
+            mine = self.dropped + self.errors + self.abandoned + self._pending
+        return mine + self.inner.undelivered
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the worker has handed every queued record to the inner sink."""
         with self._cond:
@@ -377,6 +283,7 @@ class BackgroundSink(Sink):
             lost = len(self._queue)
             self._queue.clear()
             self._pending -= lost
+            self.abandoned += lost
             self._cond.notify_all()
         if lost:
             logger.warning("%r closed with %d undelivered record(s)", self, lost)

@@ -154,7 +154,7 @@ class JsonlSinkSpec(Spec):
 
 
 class WebhookSinkSpec(Spec):
-    """:class:`~traceguard.WebhookSink`: POSTs each decision as JSON.
+    """:class:`~traceguard.WebhookSink`: POSTs each decision as JSON, at least once.
 
     Give ``url``, or ``url_env`` when the URL itself is the secret (Slack and Teams webhooks).
     Header values are read from environment variables.
@@ -168,6 +168,13 @@ class WebhookSinkSpec(Spec):
     max_retries: NonNegativeInt = 3
     backoff: NonNegativeFloat = 0.5
     max_backoff: NonNegativeFloat = 30.0
+    batch_size: PositiveInt = 1
+    max_queue: PositiveInt = 10_000
+    spill_dir: ResolvedPath | Literal[False] | None = None
+    """Where undelivered records wait on disk (default: the user's state folder); false: not."""
+    allow_private: bool = False
+    """Allow a receiver on this machine, a private network or link-local."""
+    close_timeout: NonNegativeFloat = 10.0
     headers: None = Field(default=None, exclude=True, repr=False)
 
     @field_validator("headers", mode="before")
@@ -204,6 +211,11 @@ class WebhookSinkSpec(Spec):
             max_retries=self.max_retries,
             backoff=self.backoff,
             max_backoff=self.max_backoff,
+            batch_size=self.batch_size,
+            max_queue=self.max_queue,
+            spill_dir=self.spill_dir,
+            allow_private=self.allow_private,
+            close_timeout=self.close_timeout,
         )
 
 

@@ -135,7 +135,12 @@ async def test_sink_failures_are_counted_never_fatal_and_the_webhook_delivers(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        hook = WebhookSink(f"http://127.0.0.1:{server.server_address[1]}/hook", max_retries=0)
+        hook = WebhookSink(
+            f"http://127.0.0.1:{server.server_address[1]}/hook",
+            max_retries=0,
+            allow_private=True,
+            spill_dir=tmp_path / "spill",
+        )
         summary = await arun_audit(
             log, tmp_path / "out.jsonl", auditor=scripted(), sinks=[_Broken(), hook]
         )

@@ -76,11 +76,9 @@ class Delivery:
         """Deliver what is queued, close every sink; returns the records not delivered."""
         for sink in self.sinks:
             try:
-                if not sink.flush(timeout) and isinstance(sink, BackgroundSink):
-                    self.failed += sink.pending
-                if isinstance(sink, BackgroundSink):
-                    self.failed += sink.errors + sink.dropped
+                sink.flush(timeout)
                 sink.close()
+                self.failed += sink.undelivered
             except Exception as exc:
                 self.failed += 1
                 logger.error("closing sink %r failed: %s", sink, exc)

@@ -76,6 +76,9 @@ class ReviewQueue(Sink):
     not write.
     """
 
+    undelivered: int = 0
+    """Set by :meth:`close`: entries it could not store (kept in the spill file)."""
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -116,7 +119,6 @@ class ReviewQueue(Sink):
         """Database attempts that failed (each is retried)."""
         self.last_error: str | None = None
         self.undelivered = 0
-        """Set by :meth:`close`: entries it could not store (kept in the spill file)."""
         for entry in self._spill.adopt_orphans():
             self._enqueue(entry)
         self._writer = threading.Thread(
