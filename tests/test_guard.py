@@ -17,9 +17,9 @@ from traceguard._exceptions import AuditorUnavailable, Blocked, Escalated
 from traceguard._guard import Guard
 from traceguard._policy import Policy
 from traceguard._sinks import AuditRecord, BackgroundSink, JsonlSink, Sink
-from traceguard._webhook import WebhookSink
 from traceguard._trace import Trace
 from traceguard._verdict import AuditStatus, Verdict
+from traceguard._webhook import WebhookSink
 from traceguard.review import ReviewQueue
 from traceguard.testing import ScriptedAuditor, Step
 
