@@ -24,6 +24,7 @@ header values, never appear in logs, errors or the repr: webhook URLs often are 
 
 from __future__ import annotations
 
+import atexit
 import collections
 import hashlib
 import ipaddress
@@ -32,6 +33,7 @@ import os
 import random
 import socket
 import threading
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -54,6 +56,16 @@ logger = logging.getLogger("traceguard.sinks")
 _REFUSED_CONTENT = frozenset({400, 409, 413, 415, 422})
 _Source = Literal["memory", "singles", "spill"]
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+_LIVE: weakref.WeakSet[WebhookSink] = weakref.WeakSet()
+"""Sinks not closed yet: at interpreter exit their queues go to disk, not away."""
+
+
+@atexit.register
+def _keep_queues_at_exit() -> None:
+    for sink in list(_LIVE):
+        sink._keep_at_exit()
 
 
 def default_spill_dir() -> Path:
@@ -208,6 +220,7 @@ class WebhookSink(Sink):
                 )
         self._worker = threading.Thread(target=self._run, name="traceguard-webhook", daemon=True)
         self._worker.start()
+        _LIVE.add(self)
 
     # -- counts --------------------------------------------------------------------------------
 
@@ -311,6 +324,34 @@ class WebhookSink(Sink):
                 kept,
                 dropped,
                 rejected,
+            )
+
+    def _keep_at_exit(self) -> None:
+        """The interpreter exits without :meth:`close`: spill the queue, send nothing."""
+        if not self._cond.acquire(timeout=1.0):  # never hang the exit on a stuck worker
+            return
+        try:
+            if self._closing:
+                return
+            self._closing = self._stopped = self._abandoned = True
+            left = [*self._flight, *self._singles, *self._memory]
+            self._flight, self._singles, self._memory = [], collections.deque(), collections.deque()
+            self._to_spill(left)
+            pending, dropped = self._pending(), self.dropped
+            if self._spill is not None:
+                self._spill.close()
+        except OSError as exc:
+            logger.error("webhook %s: cannot keep the queue at exit: %s", self._origin, exc)
+            return
+        finally:
+            self._cond.release()
+        if pending or dropped:
+            logger.warning(
+                "webhook %s was not closed: %d record(s) not delivered, kept for the next run; "
+                "%d dropped",
+                self._origin,
+                pending,
+                dropped,
             )
 
     # -- the worker ----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A GuardTrace auditor served on loopback whose judgment is written in the audited text.
 
 Each probe trace says how it should be graded ("probe-verdict=0", "=0.5", "=1") and
-carries a unique marker, so a test can tell which answer belongs to which request.
+carries a unique marker ("marker-" and hex digits); the analysis names every marker the auditor
+saw, so a test can tell which answer belongs to which request, and that none saw two.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ def judge(request: RecordedRequest) -> ScriptedResponse:
     """Answer with the verdict the audited text asks for (0 when it asks nothing)."""
     text = json.dumps(request.json)
     found = _VERDICT.search(text)
-    marker = _MARKER.search(text)
-    analysis = f"Checked {marker.group() if marker else 'the trace'}."
+    # Every marker the audited text holds: one per trace unless calls got mixed up.
+    markers = sorted(set(_MARKER.findall(text)))
+    analysis = f"Checked {', '.join(markers) or 'the trace'}."
     judgment = found.group(1) if found else "0"
     return ScriptedResponse.json(chat_completion(guardtrace_output(judgment, analysis=analysis)))
 

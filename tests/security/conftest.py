@@ -16,14 +16,16 @@ from typing import Any
 
 import pytest
 
-_RESULTS = pytest.StashKey[dict[str, dict[str, int]]]()
+_CELLS = pytest.StashKey[dict[str, tuple[str, int, str]]]()
+"""nodeid -> (probe class, cases, outcome: "held", "failed" or "skipped")."""
+_CASES = pytest.StashKey[int]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "probe(kind): a cell of the hostile probe suite, counted in the README table"
     )
-    config.stash[_RESULTS] = {}
+    config.stash[_CELLS] = {}
 
 
 @pytest.fixture
@@ -36,9 +38,6 @@ def probe_cases(request: pytest.FixtureRequest) -> Callable[[int], None]:
     return count
 
 
-_CASES = pytest.StashKey[int]()
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -46,27 +45,29 @@ def pytest_runtest_makereport(
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     marker = item.get_closest_marker("probe")
-    if marker is None or not (report.when == "call" or report.skipped or report.failed):
+    if marker is None:
         return
-    if report.when == "teardown" and not report.failed:
-        return
-    row = item.config.stash[_RESULTS].setdefault(
-        str(marker.args[0]), {"tried": 0, "held": 0, "skipped": 0, "tests": 0}
-    )
-    cases = item.stash.get(_CASES, 1)
+    cells = item.config.stash[_CELLS]
+    _, _, before = cells.get(item.nodeid, ("", 0, "held"))
     if report.skipped:
-        row["skipped"] += cases
-    elif report.when == "call":
-        row["tests"] += 1
-        row["tried"] += cases
-        row["held"] += cases if report.passed else 0
-    else:  # an error in setup or teardown: the cell did not hold
-        row["tests"] += 1
-        row["tried"] += cases
+        state = "skipped"
+    elif report.failed or before == "failed":
+        state = "failed"  # any phase failing (setup, call, teardown) fails the cell
+    else:
+        state = before
+    cells[item.nodeid] = (str(marker.args[0]), item.stash.get(_CASES, 1), state)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     target = os.environ.get("TRACEGUARD_PROBE_TABLE")
-    if target:
-        results = session.config.stash[_RESULTS]
-        Path(target).write_text(json.dumps(results, indent=2, sort_keys=True), encoding="utf-8")
+    if not target:
+        return
+    results: dict[str, dict[str, int]] = {}
+    for kind, cases, state in session.config.stash[_CELLS].values():
+        row = results.setdefault(kind, {"tried": 0, "held": 0, "skipped": 0})
+        if state == "skipped":
+            row["skipped"] += cases
+        else:
+            row["tried"] += cases
+            row["held"] += cases if state == "held" else 0
+    Path(target).write_text(json.dumps(results, indent=2, sort_keys=True), encoding="utf-8")

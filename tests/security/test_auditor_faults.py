@@ -191,6 +191,7 @@ async def test_each_fault_is_its_own_failed_status_within_the_deadline(
 
 
 @pytest.mark.parametrize("path", ["sync", "async"])
+@pytest.mark.probe("auditor faults (served, sync + async)")
 async def test_a_trickling_server_cannot_stretch_the_deadline(path: str) -> None:
     # The regression of fault 5 itself: 1 byte per 0.2 s, forever, below any per-read timeout.
     trickling = _head_then(HARMFUL, lambda b: trickle(b, every_s=0.2))

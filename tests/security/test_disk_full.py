@@ -73,6 +73,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("cache", [True, False], ids=["with-cache", "no-cache"])
+@pytest.mark.probe("full disk")
 def test_full_disk_exits_5_with_whole_lines_and_resume_finishes(
     tmp_path: Path, small_disk: Path, cache: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -93,6 +94,7 @@ def test_full_disk_exits_5_with_whole_lines_and_resume_finishes(
     assert _ids(out) == ids  # nothing lost, nothing written twice
 
 
+@pytest.mark.probe("full disk")
 def test_every_write_failing_is_exit_5_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -124,6 +126,7 @@ class _FillsUp:
         return getattr(self._real, name)
 
 
+@pytest.mark.probe("full disk")
 def test_a_line_cut_by_a_full_disk_is_taken_back(tmp_path: Path) -> None:
     out = tmp_path / "verdicts.jsonl"
     writer = OutputWriter(out, append=False)

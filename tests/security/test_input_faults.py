@@ -47,6 +47,7 @@ def _audit(tmp_path: Path, text: str, url: str, *extra: str) -> tuple[int, list[
     return code, _records(out)
 
 
+@pytest.mark.probe("hostile offline inputs")
 def test_deeply_nested_element_does_not_hide_the_trace_after_it(
     tmp_path: Path, auditor_url: str
 ) -> None:
@@ -68,6 +69,7 @@ def test_deeply_nested_element_does_not_hide_the_trace_after_it(
         '{"id": "broken", "question": "q", "response": [1, 2}',  # brackets do not match
     ],
 )
+@pytest.mark.probe("hostile offline inputs")
 def test_undelimitable_damage_is_skipped_counted_and_fails_the_run(
     tmp_path: Path, auditor_url: str, damage: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -83,6 +85,7 @@ def test_undelimitable_damage_is_skipped_counted_and_fails_the_run(
         assert "input not fully read" in capsys.readouterr().err
 
 
+@pytest.mark.probe("hostile offline inputs")
 def test_array_cut_short_says_what_was_lost(tmp_path: Path, auditor_url: str) -> None:
     text = "[\n" + ",\n".join([_row(0, "0"), _row(1, "1"), '{"id": "r2", "question": "cu'])
     code, records = _audit(tmp_path, text, auditor_url)

@@ -9,6 +9,7 @@ in the JSONL sink and the review queue.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from traceguard import (
     WebhookSink,
     backends,
 )
+from traceguard.cli import main
 from traceguard.testing.openai_server import OpenAIServer, RecordedRequest, ScriptedResponse
 
 USER, PASSWORD = "probeuser", "Pr0bePassw0rd"
@@ -52,7 +54,11 @@ def test_request_logs_show_no_url_secrets(caplog: pytest.LogCaptureFixture) -> N
     caplog.set_level(logging.DEBUG)
     with OpenAIServer(responder=_echo_credentials) as server:
         auditor = GuardTraceAuditor(backends.served(_with_password(server), "guard", max_retries=0))
-        webhook = WebhookSink(f"{server.url}/hooks/{PATH_SECRET}?token={QUERY_SECRET}")
+        webhook = WebhookSink(
+            f"{server.url}/hooks/{PATH_SECRET}?token={QUERY_SECRET}",
+            allow_private=True,
+            spill_dir=False,
+        )
         guard = Guard(auditor, sinks=[webhook], raise_on_block=False)
         guard.check(Trace(query="q", response="a"))
         guard.close()
@@ -98,3 +104,29 @@ async def test_the_async_path_sends_url_credentials_and_stores_none(tmp_path: Pa
         assert server.requests[0].headers["authorization"] == f"Basic {BASIC}"
     assert decision.verdict.error is not None and "401" in decision.verdict.error.message
     assert _leaks(repr(decision) + jsonl.read_text(encoding="utf-8")) == []
+
+
+def test_image_url_secrets_stay_out_of_verdicts_and_the_report(tmp_path: Path) -> None:
+    # Issue 13, fault 1: user:password and query tokens of image URLs were written out.
+    urls = [
+        f"https://{USER}:{PASSWORD}@images.example/a.png",
+        f"https://images.example/b.png?sig={QUERY_SECRET}&token={PATH_SECRET}",
+        f"https://images.example/{PATH_SECRET}.png#frag={QUERY_SECRET}",
+    ]
+    log = tmp_path / "chats.jsonl"
+    with log.open("w", encoding="utf-8") as fh:
+        for i, url in enumerate(urls):
+            content = [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {"url": url}},
+            ]
+            messages = [
+                {"role": "user", "content": content},
+                {"role": "assistant", "content": "ok"},
+            ]
+            fh.write(json.dumps({"id": f"i{i}", "messages": messages}) + "\n")
+    out, report = tmp_path / "out.jsonl", tmp_path / "report.html"
+    main(["audit", str(log), "--out", str(out), "--report", str(report), "-q", "--no-cache"])
+    written = out.read_text(encoding="utf-8") + report.read_text(encoding="utf-8")
+    assert "images.example" in written  # the images are named, without their secrets
+    assert [s for s in (PASSWORD, QUERY_SECRET, f"{USER}:") if s in written] == []

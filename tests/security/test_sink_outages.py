@@ -307,3 +307,81 @@ def test_allow_private_opens_private_targets_but_never_metadata(url: str, allowe
     else:
         with pytest.raises(ConfigurationError):
             WebhookSink(url, allow_private=True, spill_dir=False)
+
+
+@pytest.mark.probe("sinks under lock")
+def test_a_locked_review_queue_neither_stalls_the_guard_nor_loses_escalations(
+    tmp_path: Path, probe_cases: Any
+) -> None:
+    # Issue 13, fault 8: with another process holding the SQLite write lock, guard.check
+    # waited for the lock (6 s measured) and escalations were lost (444 of 450 written).
+    import sqlite3
+
+    from traceguard import Guard, ReviewQueue
+    from traceguard.testing import ScriptedAuditor, Step
+
+    calls = 150
+    probe_cases(calls)
+    path = tmp_path / "queue.sqlite"
+    queue = ReviewQueue(path, timeout=0.2)
+    guard = Guard(
+        ScriptedAuditor(rule=lambda t: Step(error="timeout")), sinks=[queue], raise_on_block=False
+    )
+    holder = sqlite3.connect(path, timeout=5)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing, for as long as the checks run
+    finished = threading.Event()
+
+    def run_checks() -> None:
+        for i in range(calls):
+            guard.check(Trace(query=f"q{i}", response="r"))
+        finished.set()
+
+    worker = threading.Thread(target=run_checks, daemon=True)
+    worker.start()
+    stalled = not finished.wait(30)  # the lock is still held: the checks must not wait for it
+    holder.rollback()
+    holder.close()
+    worker.join(30)
+    assert not stalled, "guard.check waited for the review queue's database lock"
+    guard.close()
+    with ReviewQueue(path) as reopened:
+        assert reopened.store.counts().get("pending") == calls
+
+
+_FORGETFUL = """
+import sys
+from traceguard import AuditRecord, Policy, Trace, Verdict, WebhookSink
+trace = Trace(query="q", response="r")
+decision = Policy().decide(Verdict.ok(auditor="a", risk=1.0), trace)
+sink = WebhookSink(sys.argv[1], allow_private=True, spill_dir=sys.argv[2], backoff=5.0)
+for _ in range(int(sys.argv[3])):
+    record = AuditRecord.from_decision(trace, decision)
+    sink.emit(record)
+    print(record.record_id, flush=True)
+# exits without sink.close()
+"""
+
+
+@pytest.mark.probe("sinks under outage")
+@pytest.mark.slow
+def test_a_process_exiting_without_close_keeps_its_queue(tmp_path: Path, probe_cases: Any) -> None:
+    probe_cases(100)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/hooks/secret"
+    done = subprocess.run(
+        [sys.executable, "-c", _FORGETFUL, url, str(tmp_path), "100"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    sent = set(done.stdout.split())
+    assert "not delivered, kept for the next run" in done.stderr
+    hook = Receiver(port)
+    try:
+        replay = _sink(url, tmp_path)
+        assert replay.flush(timeout=60)
+        replay.close()
+    finally:
+        hook.close()
+    assert len(sent) == 100 and set(hook.received) == sent
