@@ -7,9 +7,7 @@ on a decision) and the recording callbacks of :class:`_Recording`; they differ o
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import inspect
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +16,6 @@ from typing import Any, Literal, ParamSpec
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
-from langchain_core.callbacks import manager as _callback_manager
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, GenerationChunk, LLMResult
 
@@ -31,7 +28,13 @@ from traceguard._reasoning import ReasoningStream, split_think_tags
 from traceguard._trace import Stage, ToolCall, Trace
 
 from ._langchain_messages import output_of, request_context, warn_hidden_reasoning
-from ._langchain_tool_calls import PendingToolCalls, ToolGate, gate_tool_call, run_metadata
+from ._langchain_tool_calls import (
+    PendingToolCalls,
+    ToolGate,
+    gate_tool_call,
+    run_metadata,
+    sync_dispatch,
+)
 
 __all__ = ["AsyncTraceguardCallbackHandler", "OnRedact", "TraceguardCallbackHandler"]
 
@@ -222,33 +225,6 @@ class _RunRecorder:
         )
 
 
-# LangChain's dispatcher for sync runs. It calls each callback directly, so when a callback is
-# found running under it, the run is a sync one whatever event loop the thread may also have.
-_SYNC_DISPATCH = getattr(_callback_manager.handle_event, "__code__", None)
-_FRAMES_TO_DISPATCHER = 4
-
-
-def _in_sync_run() -> bool:
-    """Whether LangChain is delivering the calling callback from a sync run.
-
-    LangChain calls an async handler's methods on the event loop of the async run, in the same
-    thread; with no event loop in this thread the run is a sync one. A sync run started inside
-    a coroutine (blocking its loop) is told by LangChain's sync dispatcher among the callers.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return True
-    frame = inspect.currentframe()
-    for _ in range(_FRAMES_TO_DISPATCHER + 2):  # this function and the callback first
-        if frame is None:
-            return False
-        if frame.f_code is _SYNC_DISPATCH:
-            return True
-        frame = frame.f_back
-    return False
-
-
 def _refuse_sync_run(callback: Callable[_P, None]) -> Callable[_P, None]:
     """The async handler's form of a recording callback: the same step, refused in a sync run.
 
@@ -261,7 +237,7 @@ def _refuse_sync_run(callback: Callable[_P, None]) -> Callable[_P, None]:
 
     @functools.wraps(callback)
     def run(*args: _P.args, **kwargs: _P.kwargs) -> None:
-        if _in_sync_run():
+        if sync_dispatch():
             raise ConfigurationError(
                 "AsyncTraceguardCallbackHandler is attached to a sync run (invoke, batch, "
                 "stream, or a call from a worker thread): LangChain would ignore its block, so "

@@ -28,7 +28,7 @@ from traceguard._trace import ToolCall, Trace
 if TYPE_CHECKING:
     from traceguard._guard import Guard
 
-__all__ = ["PendingToolCalls", "ToolGate", "gate_tool_call", "run_metadata"]
+__all__ = ["PendingToolCalls", "ToolGate", "gate_tool_call", "run_metadata", "sync_dispatch"]
 
 # Calls whose reasoning is kept until their tool starts; a call that never runs (the agent
 # stopped, the caller dropped it) must not hold memory forever.
@@ -146,7 +146,7 @@ _SYNC_DISPATCH = getattr(callback_manager.handle_event, "__code__", None)
 _FRAMES_TO_DISPATCHER = 3
 
 
-def _sync_dispatch() -> bool:
+def sync_dispatch() -> bool:
     """Whether the method being looked up will be called by LangChain's sync dispatcher.
 
     With no event loop in this thread the run is a sync one (a sync tool an async agent runs in
@@ -181,6 +181,6 @@ class ToolGate:
         if handler is None:
             return lambda *args, **kwargs: None  # class access: nothing to bind
         calls: PendingToolCalls = handler._recorder.tool_calls
-        if _sync_dispatch():
+        if sync_dispatch():
             return functools.partial(gate_tool_call, handler.guard, calls)
         return functools.partial(agate_tool_call, handler.guard, calls)
