@@ -106,6 +106,7 @@ async def test_the_async_path_sends_url_credentials_and_stores_none(tmp_path: Pa
     assert _leaks(repr(decision) + jsonl.read_text(encoding="utf-8")) == []
 
 
+@pytest.mark.probe("secrets in logs, sinks and stores")
 def test_image_url_secrets_stay_out_of_verdicts_and_the_report(tmp_path: Path) -> None:
     # Issue 13, fault 1: user:password and query tokens of image URLs were written out.
     urls = [
