@@ -243,10 +243,12 @@ def warn_hidden_reasoning(message: BaseMessage, thinking: str | None, model: str
     logger.warning(
         "model %s reported %d reasoning tokens but its message carries no thinking, so "
         "traceguard audits the answer without the reasoning. The provider package dropped it "
-        "(ChatOpenAI on Chat Completions does). To audit the reasoning: use a provider package "
-        "that keeps it (langchain-deepseek's ChatDeepSeek, or the Ollama, Groq and xAI "
-        "packages), keep <think> tags in the content, or use ChatOpenAI(use_responses_api=True) "
-        "with reasoning summaries. (Logged once per model.)",
+        "(ChatOpenAI on Chat Completions does). To audit the reasoning: use "
+        "traceguard.integrations.langchain.ReasoningChatOpenAI in place of ChatOpenAI (it keeps "
+        "reasoning_content), or a provider package that keeps it (langchain-deepseek's "
+        "ChatDeepSeek, or the Ollama, Groq and xAI packages), keep <think> tags in the content, "
+        "or use ChatOpenAI(use_responses_api=True) with reasoning summaries. "
+        "(Logged once per model.)",
         key,
         tokens,
     )

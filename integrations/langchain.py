@@ -41,14 +41,16 @@ the redacted message.
 ``ChatOpenAI`` (Chat Completions) drops the ``reasoning_content`` / ``reasoning`` fields that
 DeepSeek, vLLM and OpenRouter send, so no LangChain hook sees any thinking from it: the trace has
 ``thinking=None`` and only the response is audited; when the usage reports reasoning tokens, one
-warning per model says so. To audit the reasoning, use a provider package that keeps it
-(``langchain-deepseek``'s ``ChatDeepSeek`` and the Ollama, Groq and xAI packages put it in
-``additional_kwargs["reasoning_content"]``), keep ``<think>`` tags in the content (e.g. vLLM
-without ``--reasoning-parser``), or use the Responses API (``ChatOpenAI(use_responses_api=True)``),
-whose reasoning summaries arrive as ``reasoning`` blocks.
+warning per model says so. To audit the reasoning, use :class:`ReasoningChatOpenAI` in its place
+(``ChatOpenAI`` keeping those fields in ``additional_kwargs["reasoning_content"]``), a provider
+package that keeps them (``langchain-deepseek``'s ``ChatDeepSeek``, the Ollama, Groq and xAI
+packages), ``<think>`` tags in the content (e.g. vLLM without ``--reasoning-parser``), or the
+Responses API (``ChatOpenAI(use_responses_api=True)``), whose reasoning summaries arrive as
+``reasoning`` blocks.
 
 :class:`TraceguardMiddleware` needs ``langchain`` (1.x) and ``langgraph``:
-``pip install 'traceguard-vl[agents]'``; the handler and the guarded model need only
+``pip install 'traceguard-vl[agents]'``; :class:`ReasoningChatOpenAI` needs ``langchain-openai``
+(``traceguard-vl[langchain-openai]``); the handler and the guarded model need only
 ``langchain-core``.
 """
 
@@ -74,11 +76,13 @@ from ._langchain_runnable import GuardedChatModel, StreamMode, guard_runnable
 
 if TYPE_CHECKING:
     from ._langchain_middleware import TraceguardMiddleware, TraceguardState
+    from ._langchain_openai_reasoning import ReasoningChatOpenAI
 
 __all__ = [
     "AsyncTraceguardCallbackHandler",
     "GuardedChatModel",
     "OnRedact",
+    "ReasoningChatOpenAI",
     "StreamMode",
     "TraceguardCallbackHandler",
     "TraceguardMiddleware",
@@ -90,8 +94,18 @@ _AGENT_NAMES = frozenset({"TraceguardMiddleware", "TraceguardState"})
 
 
 def __getattr__(name: str) -> Any:
-    # The middleware needs langchain and langgraph, which the handler and the guarded model do
-    # not: import it on first use, with the install hint when they are missing.
+    # The middleware needs langchain and langgraph, and ReasoningChatOpenAI langchain-openai,
+    # which the handler and the guarded model do not: import them on first use, with the install
+    # hint when they are missing.
+    if name == "ReasoningChatOpenAI":
+        try:
+            from . import _langchain_openai_reasoning
+        except ImportError as exc:
+            raise ImportError(
+                f"ReasoningChatOpenAI needs langchain-openai: {install_hint('langchain-openai')} "
+                f"({exc})"
+            ) from exc
+        return _langchain_openai_reasoning.ReasoningChatOpenAI
     if name not in _AGENT_NAMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:

@@ -31,6 +31,7 @@ __all__ = [
     "extract_chat_message",
     "extract_langchain_message",
     "extract_responses_output",
+    "reasoning_fields",
     "split_think_tags",
 ]
 
@@ -273,6 +274,24 @@ def _merge(
     return thinking, (response if thinking is None else response.strip())
 
 
+def reasoning_fields(message: Mapping[str, Any] | Any) -> list[str]:
+    """The reasoning an OpenAI-style chat message or stream delta carries in fields of its own.
+
+    The first present of ``reasoning_content``, ``reasoning`` (string) and ``reasoning_details``
+    (OpenRouter; encrypted entries ignored), as raw pieces (a delta's pieces concatenate); empty
+    when there is none. ``<think>`` tags and thinking parts in ``content`` are not read here.
+    """
+    thinking: list[str] = []
+    for key in ("reasoning_content", "reasoning"):
+        value = _get(message, key)
+        if isinstance(value, str):
+            return [value]
+    details = _get(message, "reasoning_details")
+    if isinstance(details, Sequence) and not isinstance(details, str):
+        _collect(details, thinking, [])
+    return thinking
+
+
 def extract_chat_message(message: Mapping[str, Any] | Any) -> tuple[str | None, str]:
     """``(thinking, response)`` of an OpenAI-style chat completion message (dict or SDK object).
 
@@ -280,16 +299,7 @@ def extract_chat_message(message: Mapping[str, Any] | Any) -> tuple[str | None, 
     and ``reasoning_details`` (OpenRouter; encrypted entries ignored), then from thinking parts
     and ``<think>`` tags in ``content``, which are always removed from the response.
     """
-    thinking: list[str] = []
-    for key in ("reasoning_content", "reasoning"):
-        value = _get(message, key)
-        if isinstance(value, str):
-            thinking.append(value)
-            break
-    else:
-        details = _get(message, "reasoning_details")
-        if isinstance(details, Sequence) and not isinstance(details, str):
-            _collect(details, thinking, [])
+    thinking = reasoning_fields(message)
     text: list[str] = []
     _collect(_get(message, "content"), thinking, text)
     if not "".join(text).strip():
@@ -391,18 +401,8 @@ class ReasoningStream:
         Reasoning is fed before content, since one chunk can carry the end of the reasoning and
         the start of the answer.
         """
-        for key in ("reasoning_content", "reasoning"):
-            value = _get(delta, key)
-            if isinstance(value, str):
-                self.feed_reasoning(value)
-                break
-        else:
-            details = _get(delta, "reasoning_details")
-            if isinstance(details, Sequence) and not isinstance(details, str):
-                parts: list[str] = []
-                _collect(details, parts, [])
-                for part in parts:
-                    self.feed_reasoning(part)
+        for part in reasoning_fields(delta):
+            self.feed_reasoning(part)
         self._feed_content(_get(delta, "content"))
 
     def feed_responses_event(self, event: Mapping[str, Any] | Any) -> None:

@@ -330,7 +330,50 @@ def test_reasoning_tokens_without_thinking_log_one_warning_naming_the_fix(
     assert len(warnings) == 1
     assert "reasoner-x" in warnings[0] and "42" in warnings[0]
     assert "use_responses_api=True" in warnings[0] and "<think>" in warnings[0]
+    assert "ReasoningChatOpenAI" in warnings[0]
     assert auditor.seen[0].thinking is None  # dropped by ChatOpenAI, as the warning says
+
+
+def test_reasoning_chat_openai_gives_the_agent_the_thinking_the_warning_was_about(
+    server: OpenAIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pydantic import SecretStr
+
+    from traceguard.integrations.langchain import ReasoningChatOpenAI
+
+    wipe = "He wronged me; wiping his disk so he loses everything."
+    server.enqueue(
+        reply(
+            "",
+            calls=[call("shell", {"cmd": "rm -rf /home/bob"})],
+            reasoning_content=wipe,
+            reasoning_tokens=42,
+        ),
+        reply("I won't do that."),
+    )
+    model = ReasoningChatOpenAI(
+        model="reasoner-z", base_url=server.base_url, api_key=SecretStr("x"), max_retries=0
+    )
+
+    # Only the tool gate, which reads the call with its reasoning, sees the harm.
+    def rule(trace: Trace) -> float:
+        malicious = "wronged" in (trace.thinking or "")
+        return 1.0 if trace.stage.value == "tool_call" and malicious else 0.0
+
+    auditor = ScriptedAuditor(rule=rule)
+    recorder = Recorder()
+    agent = create_agent(
+        model, tools=recorder.tools(), middleware=[TraceguardMiddleware(Guard(auditor))]
+    )
+    with caplog.at_level(logging.WARNING, logger="traceguard.integrations.langchain"):
+        state = agent.invoke({"messages": [HumanMessage("Clean up Bob's machine.")]})
+    assert not [r for r in caplog.records if "reasoning tokens" in r.getMessage()]
+    turn, gate, _ = auditor.seen
+    assert turn.thinking == gate.thinking == wipe
+    assert recorder.calls == []  # the tool never ran
+    assert state["messages"][-1].content == "I won't do that."
+    # The kept reasoning is for the audit: the server is never sent it back.
+    assert "wronged" not in str(server.requests[1].json["messages"])
 
 
 def test_no_warning_when_the_thinking_arrives(

@@ -2,7 +2,7 @@
 
 Documents what the integration sees from ``ChatOpenAI``: it drops ``reasoning_content`` (so the
 audit has no thinking), while ``<think>`` tags in the content and Responses API reasoning
-summaries come through.
+summaries come through; ``ReasoningChatOpenAI`` keeps the reasoning fields for the audit.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ pytest.importorskip("langchain_openai")
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
-from traceguard import Blocked
-from traceguard._guard import Guard
-from traceguard.integrations.langchain import TraceguardCallbackHandler, guard_runnable
+from traceguard import Blocked, Guard
+from traceguard.integrations.langchain import (
+    ReasoningChatOpenAI,
+    TraceguardCallbackHandler,
+    guard_runnable,
+)
 from traceguard.testing import ScriptedAuditor
 from traceguard.testing.openai_server import (
     OpenAIServer,
@@ -97,3 +100,68 @@ def test_responses_api_reasoning_summaries_are_audited_and_redacted(server: Open
     assert auditor.seen[0].response == "Done."
     assert all(block["type"] != "reasoning" for block in reply.content_blocks)
     assert reply.text == "Done."
+
+
+# -- ReasoningChatOpenAI: the same model, with the reasoning kept ---------------------------------
+
+
+def reasoning_chat(server: OpenAIServer, **kwargs: Any) -> ReasoningChatOpenAI:
+    return ReasoningChatOpenAI(
+        model="m", base_url=server.base_url, api_key=SecretStr("x"), max_retries=0, **kwargs
+    )
+
+
+def test_reasoning_chat_openai_keeps_each_reasoning_field_for_the_audit(
+    server: OpenAIServer,
+) -> None:
+    server.enqueue(
+        ScriptedResponse.json(chat_completion("Paris.", reasoning_content="the capital is Paris")),
+        ScriptedResponse.json(chat_completion("Oslo.", reasoning="vLLM's field")),
+    )
+    auditor = ScriptedAuditor([0, 0])
+    model = reasoning_chat(server)
+    assert isinstance(model, ChatOpenAI)  # a drop-in replacement
+    handler = TraceguardCallbackHandler(Guard(auditor))
+    first = model.invoke("Capital of France?", config={"callbacks": [handler]})
+    second = model.invoke("Capital of Norway?", config={"callbacks": [handler]})
+    assert (first.content, first.additional_kwargs["reasoning_content"]) == (
+        "Paris.",
+        "the capital is Paris",
+    )
+    assert second.additional_kwargs["reasoning_content"] == "vLLM's field"
+    assert [(t.thinking, t.response) for t in auditor.seen] == [
+        ("the capital is Paris", "Paris."),
+        ("vLLM's field", "Oslo."),
+    ]
+
+
+async def test_reasoning_chat_openai_streams_keep_the_reasoning_deltas(
+    server: OpenAIServer,
+) -> None:
+    chunks = chat_completion_chunks(
+        "Step 1: buy the parts.", reasoning_content="they want to hurt him", chunk_size=5
+    )
+    server.enqueue(ScriptedResponse.sse(chunks), ScriptedResponse.sse(chunks))
+    auditor = ScriptedAuditor([1, 1])
+    model = reasoning_chat(server)
+    handler = TraceguardCallbackHandler(Guard(auditor))
+    with pytest.raises(Blocked):
+        for _ in model.stream("q", config={"callbacks": [handler]}):
+            pass
+    with pytest.raises(Blocked):
+        async for _ in guard_runnable(model, Guard(auditor)).astream("q"):
+            pass
+    assert [(t.thinking, t.response) for t in auditor.seen] == [
+        ("they want to hurt him", "Step 1: buy the parts."),
+    ] * 2
+
+
+def test_a_redaction_removes_the_kept_reasoning(server: OpenAIServer) -> None:
+    server.enqueue(
+        ScriptedResponse.json(chat_completion("Done.", reasoning_content="a risky private plan"))
+    )
+    auditor = ScriptedAuditor([0.5, 0])  # the redaction, then its check
+    reply = guard_runnable(reasoning_chat(server), Guard(auditor)).invoke("q")
+    assert auditor.seen[0].thinking == "a risky private plan"
+    assert reply.content == "Done."
+    assert "reasoning_content" not in reply.additional_kwargs
