@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("langchain.agents")
 pytest.importorskip("langchain_openai")
 
-from _agent_support import REFUSAL, Recorder, call, guarded_agent, reply, streamed
+from _agent_support import REFUSAL, Recorder, call, guarded_agent, reply, streamed, tool_turns
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
@@ -254,3 +254,57 @@ def test_a_rejected_tool_call_becomes_the_policys_message(server: OpenAIServer) 
     assert "send_payment was not run" in str(tool_result.content)
     assert "safety policy blocked it" in str(tool_result.content)
     assert done["messages"][-1].content == "I could not pay it."
+
+
+def test_approving_one_call_of_a_turn_never_runs_its_sibling_again(
+    server: OpenAIServer, queue: ReviewQueue
+) -> None:
+    server.enqueue(
+        reply(
+            "",
+            calls=[
+                call("send_payment", {"to": "acct-1", "amount": 40}, "c1"),
+                call("get_weather", {"city": "Oslo"}, "c2"),
+            ],
+        ),
+        reply("Paid; sunny in Oslo."),
+    )
+    recorder = Recorder()
+    policy = Policy(tools=ToolPolicy(rules=(ToolRule(tool="send_payment", action="escalate"),)))
+    auditor = ScriptedAuditor(rule=lambda t: 0.0)
+    guard = Guard(auditor, policy, sinks=[queue])
+    agent = guarded_agent(server, recorder, guard, checkpointer=InMemorySaver())
+    paused = agent.invoke({"messages": [HumanMessage("Pay, then the weather")]}, config("pay-3"))
+    assert recorder.names() == ["get_weather"]  # the allowed sibling ran; the payment waits
+    queue.resolve(paused["__interrupt__"][0].value["escalation_id"], "approved", reviewer="ana")
+    (resumed,) = resume_reviewed(agent, queue)
+    assert sorted(recorder.names()) == ["get_weather", "send_payment"]  # each exactly once
+    assert resumed.result["messages"][-1].content == "Paid; sunny in Oslo."
+    # The resumed gate took the recorded verdict from the queue: two calls, two audits.
+    assert len(tool_turns(auditor.seen)) == 2
+
+
+async def test_an_async_agent_resumes_an_escalated_call_under_astream(
+    server: OpenAIServer,
+) -> None:
+    server.enqueue(
+        reply("", calls=[call("send_payment", {"to": "acct-1", "amount": 40})]), streamed("Paid.")
+    )
+    recorder = Recorder()
+    policy = Policy(tools=ToolPolicy(rules=(ToolRule(tool="send_payment", action="escalate"),)))
+    agent = guarded_agent(
+        server,
+        recorder,
+        Guard(ScriptedAuditor(rule=lambda t: 0.0), policy),
+        checkpointer=InMemorySaver(),
+    )
+    paused = await agent.ainvoke({"messages": [HumanMessage("Pay the bill")]}, config("pay-4"))
+    assert paused["__interrupt__"] and recorder.calls == []
+    shown = [
+        message.content
+        async for message, _ in agent.astream(
+            Command(resume="approved"), config("pay-4"), stream_mode="messages"
+        )
+    ]
+    assert recorder.names() == ["send_payment"]
+    assert "Paid." in "".join(str(text) for text in shown)

@@ -150,6 +150,49 @@ async def test_async_agent_gates_tools_too(server: OpenAIServer) -> None:
     assert "shell was not run" in str(state["messages"][2].content)
 
 
+def test_calls_of_one_turn_are_gated_one_by_one(server: OpenAIServer) -> None:
+    server.enqueue(
+        reply(
+            "",
+            calls=[
+                call("send_payment", {"to": "acct-9", "amount": 500}, "c1"),
+                call("get_weather", {"city": "Oslo"}, "c2"),
+            ],
+        ),
+        reply("The weather is sunny; I could not pay."),
+    )
+    recorder = Recorder()
+    policy = Policy(tools=ToolPolicy(rules=(ToolRule(tool="send_payment", action="block"),)))
+    agent = guarded_agent(server, recorder, Guard(ScriptedAuditor(rule=lambda t: 0.0), policy))
+    state = agent.invoke({"messages": [HumanMessage("pay, then the weather")]})
+    assert recorder.names() == ["get_weather"]  # the held call never ran; its sibling did
+    results = {m.tool_call_id: m for m in state["messages"] if isinstance(m, ToolMessage)}
+    assert "send_payment was not run" in str(results["c1"].content)
+    assert results["c1"].status == "error"
+    assert results["c2"].content == "sunny in Oslo"
+    assert state["messages"][-1].content == "The weather is sunny; I could not pay."
+
+
+def test_an_escalated_call_without_a_checkpointer_is_held_meanwhile(server: OpenAIServer) -> None:
+    server.enqueue(
+        reply("", calls=[call("send_payment", {"to": "acct-1", "amount": 40})]),
+        reply("It needs approval first."),
+    )
+    recorder = Recorder()
+    policy = Policy(tools=ToolPolicy(rules=(ToolRule(tool="send_payment", action="escalate"),)))
+    agent = guarded_agent(server, recorder, Guard(ScriptedAuditor(rule=lambda t: 0.0), policy))
+    state = agent.invoke({"messages": [HumanMessage("Pay the power bill")]})
+    assert "__interrupt__" not in state  # nothing can pause: the fallback holds the call
+    assert recorder.calls == []
+    held = state["messages"][2]
+    assert isinstance(held, ToolMessage)
+    assert "waiting for a human reviewer" in str(held.content)
+    summary = held.response_metadata["traceguard"]
+    assert (summary["action"], summary["disposition"]) == ("escalate", "block")
+    assert summary["escalation_id"]
+    assert state["messages"][-1].content == "It needs approval first."
+
+
 def test_a_separate_tool_guard_and_the_published_context(server: OpenAIServer) -> None:
     seen: list[ToolContext | None] = []
 
