@@ -44,7 +44,13 @@ from traceguard._trace import ToolCall, Trace
 from ._openai_decisions import AUDITED_TRACES_ATTR, last_audited_traces
 from ._openai_request import chat_request_context, responses_request_context
 
-__all__ = ["ToolCallCheck", "ToolCallReview", "acheck_tool_calls", "check_tool_calls"]
+__all__ = [
+    "ToolCallCheck",
+    "ToolCallReview",
+    "acheck_tool_calls",
+    "check_tool_calls",
+    "tool_context_of",
+]
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,65 @@ def _turn(result: Any, context: RequestContext, choice: int) -> Trace:
     )
 
 
+def _pending(
+    result: Any,
+    *,
+    messages: Iterable[Any] | None,
+    input: Any,
+    instructions: str | None,
+    audited: Any,
+    choice: int,
+) -> tuple[ToolContext, tuple[ToolCall, ...]]:
+    """The reasoning behind ``result``'s tool calls, and the calls (what the caller would run)."""
+    plain = _turn(result, RequestContext(), choice)
+    source = _audited_trace(audited if audited is not None else result, choice, plain.tool_calls)
+    context = _context(result, source, messages, input, instructions)
+    turn = _turn(result, context, choice)
+    reasoning = source if source is not None else turn
+    ctx = ToolContext(
+        query=context.query,
+        thinking=reasoning.thinking,
+        response=reasoning.response,
+        history=context.history,
+        images=context.images,
+        model=context.model,
+        metadata={**context.metadata, "integration": "openai"},
+    )
+    return ctx, turn.tool_calls
+
+
+def tool_context_of(
+    result: Any,
+    *,
+    messages: Iterable[Mapping[str, Any]] | None = None,
+    input: Any = None,
+    instructions: str | None = None,
+    audited: Any = None,
+    choice: int = 0,
+) -> ToolContext:
+    """The reasoning behind ``result``'s tool calls, for tools that gate themselves.
+
+    Publish it around the tool calls of an answer, and every :func:`~traceguard.guard_tool`
+    function run inside audits its call with the reasoning that led to it::
+
+        with tool_context(tool_context_of(completion, messages=messages)):
+            output = wire_money(**json.loads(call.function.arguments))   # a guard_tool function
+
+    Same sources as :func:`check_tool_calls` (the reasoning the guard audited for the answer,
+    even when a redaction removed it from what the caller sees; the request from ``messages=``
+    or ``input=`` / ``instructions=``).
+    """
+    context, _ = _pending(
+        result,
+        messages=messages,
+        input=input,
+        instructions=instructions,
+        audited=audited,
+        choice=choice,
+    )
+    return context
+
+
 def pending_traces(
     result: Any,
     *,
@@ -199,21 +264,15 @@ def pending_traces(
     on guarded streams, passed as ``audited``): a redaction may have removed it from what the
     caller sees, but the gate must still read it.
     """
-    plain = _turn(result, RequestContext(), choice)
-    source = _audited_trace(audited if audited is not None else result, choice, plain.tool_calls)
-    context = _context(result, source, messages, input, instructions)
-    turn = _turn(result, context, choice)
-    reasoning = source if source is not None else turn
-    ctx = ToolContext(
-        query=context.query,
-        thinking=reasoning.thinking,
-        response=reasoning.response,
-        history=context.history,
-        images=context.images,
-        model=context.model,
-        metadata={**context.metadata, "integration": "openai"},
+    context, calls = _pending(
+        result,
+        messages=messages,
+        input=input,
+        instructions=instructions,
+        audited=audited,
+        choice=choice,
     )
-    return [tool_call_trace(call, ctx) for call in turn.tool_calls]
+    return [tool_call_trace(call, context) for call in calls]
 
 
 def _review(traces: Sequence[Trace], decisions: Sequence[Decision]) -> ToolCallReview:

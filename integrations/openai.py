@@ -58,7 +58,9 @@ Streams stay ``openai.Stream`` / ``openai.AsyncStream`` instances (the SDK build
   (README, "Mid-stream auditing").
 
 Before the caller runs the tool calls of an answer, :func:`check_tool_calls` audits each one
-with the reasoning that led to it (the tool gate, see :mod:`traceguard._tools`).
+with the reasoning that led to it (the tool gate, see :mod:`traceguard._tools`); or
+:func:`tool_context_of` gives that reasoning to tools that gate themselves
+(:func:`~traceguard.guard_tool`).
 """
 
 from __future__ import annotations
@@ -101,7 +103,13 @@ from ._openai_surfaces import (
     is_structured,
     request_body,
 )
-from ._openai_tools import ToolCallCheck, ToolCallReview, acheck_tool_calls, check_tool_calls
+from ._openai_tools import (
+    ToolCallCheck,
+    ToolCallReview,
+    acheck_tool_calls,
+    check_tool_calls,
+    tool_context_of,
+)
 
 __all__ = [
     "GuardedAsyncStream",
@@ -116,6 +124,7 @@ __all__ = [
     "guard_openai",
     "last_decision",
     "last_decisions",
+    "tool_context_of",
     "unguard_openai",
 ]
 

@@ -16,12 +16,23 @@ from typing import Any
 import openai
 import pytest
 
-from traceguard import Action, Blocked, Escalated, Guard, Policy, Stage, Trace
+from traceguard import (
+    Action,
+    Blocked,
+    Escalated,
+    Guard,
+    Policy,
+    Stage,
+    Trace,
+    guard_tool,
+    tool_context,
+)
 from traceguard.integrations.openai import (
     ToolCallReview,
     acheck_tool_calls,
     check_tool_calls,
     guard_openai,
+    tool_context_of,
 )
 from traceguard.testing import ScriptedAuditor, Step
 from traceguard.testing.openai_server import (
@@ -64,6 +75,10 @@ class Bank:
         self.wires: list[tuple[str, float]] = []
 
     def wire_money(self, to: str, amount: float) -> str:
+        self.wires.append((to, amount))
+        return f"wired {amount} to {to}"
+
+    async def awire_money(self, to: str, amount: float) -> str:
         self.wires.append((to, amount))
         return f"wired {amount} to {to}"
 
@@ -326,3 +341,66 @@ async def test_an_older_stream_is_named_with_audited(
     review = await review_of(guard, answer, messages=USER, audited=stream, flavor=flavor)
     assert not review.checks[0].allowed
     assert auditor.seen[-1].thinking == EVIL
+
+
+# -- guard_tool functions in the same loop ------------------------------------------------------
+
+
+async def self_gating_loop(
+    client: Any, tools: dict[str, Callable[..., Any]], flavor: str
+) -> list[dict[str, Any]]:
+    """A loop that runs every call as asked: the tools are ``guard_tool`` functions and gate
+    themselves, with the reasoning the answer's audit kept (``tool_context_of``)."""
+    messages: list[dict[str, Any]] = list(USER)
+    for _ in range(4):
+        completion = await call(
+            client.chat.completions.create, model="m", messages=messages, tools=TOOLS
+        )
+        message = completion.choices[0].message
+        if not message.tool_calls:
+            messages.append({"role": "assistant", "content": message.content})
+            return messages
+        messages_before = list(messages)
+        messages.append(message.model_dump(exclude_none=True))
+        with tool_context(tool_context_of(completion, messages=messages_before)):
+            for tool_call in message.tool_calls:
+                tool_fn = tools[tool_call.function.name]
+                output = tool_fn(**json.loads(tool_call.function.arguments))
+                output = await output if flavor == "async" else output
+                messages.append({"role": "tool", "tool_call_id": tool_call.id, "content": output})
+    raise AssertionError("the loop did not end")
+
+
+async def test_a_guard_tool_function_never_runs_after_harmful_reasoning(
+    server: OpenAIServer, client: Any, flavor: str
+) -> None:
+    auditor = ScriptedAuditor(rule=grade)
+    guard = Guard(auditor)
+    guard_openai(client, guard)
+    bank = Bank()
+    wire = bank.awire_money if flavor == "async" else bank.wire_money
+    script_turns(server, EVIL)
+
+    messages = await self_gating_loop(client, {"wire_money": guard_tool(guard)(wire)}, flavor)
+
+    assert bank.wires == []  # the function's body never ran
+    assert "wire_money" in messages[2]["content"] and "not run" in messages[2]["content"]
+    assert messages[-1] == {"role": "assistant", "content": "Done."}
+    # The caller never saw the reasoning (redacted), yet the tool's own gate audited it.
+    assert all("elderly" not in json.dumps(m) for m in messages)
+    (gate,) = [t for t in auditor.seen if t.stage is Stage.TOOL_CALL]
+    assert gate.thinking == EVIL and gate.query == "Please sort out my bank account."
+    assert gate.tool_calls[0].arguments == '{"to": "acct-666", "amount": 9000}'
+
+
+async def test_a_guard_tool_function_runs_after_benign_reasoning(
+    server: OpenAIServer, client: Any, flavor: str
+) -> None:
+    guard = Guard(ScriptedAuditor(rule=grade))
+    guard_openai(client, guard)
+    bank = Bank()
+    wire = bank.awire_money if flavor == "async" else bank.wire_money
+    script_turns(server, KIND)
+    messages = await self_gating_loop(client, {"wire_money": guard_tool(guard)(wire)}, flavor)
+    assert bank.wires == [("acct-666", 9000)]
+    assert messages[2]["content"] == "wired 9000 to acct-666"
