@@ -5,34 +5,34 @@ resolve, from as many processes as needed. Every query a page or a waiting agent
 index; lists page by row id (keyset pagination), so a queue of 100,000 items lists as fast as
 one of 100. Each store holds one connection behind a lock; open one store per thread that must
 not wait for another's query (the review queue's writer and its readers use two).
+
+This module opens the file and holds writes, resolution, retention and delivery marks, and the
+reads of one item; the lists live in ``_browse``, the columns and row decoding in ``_rows``,
+filters as SQL in ``_filter_sql``, the schema in ``_schema``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import json
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from traceguard._decision import ReviewOutcome
 from traceguard._exceptions import ConfigurationError
+from traceguard.review._browse import BrowseQueries
 from traceguard.review._entry import NewEscalation, storable
-from traceguard.review._model import (
-    AlreadyResolved,
-    Escalation,
-    EscalationContent,
-    EscalationFilter,
-    ImageInfo,
-    Page,
-    SourceLocation,
-    StoredImage,
-    parse_age,
+from traceguard.review._model import AlreadyResolved, Escalation, StoredImage, parse_age
+from traceguard.review._rows import (
+    FULL_SQL,
+    INSERT_COLUMNS,
+    INSERT_SQL,
+    SUMMARY_SQL,
+    escalation_from_row,
 )
 from traceguard.review._schema import connect, migrate
 
@@ -44,94 +44,12 @@ MAX_NOTE_CHARS = 5_000
 COUNT_CAP = 1_000
 MAX_REVIEWER_CHARS = 200
 
-_SUMMARY_COLUMNS = (
-    "id",
-    "created_at",
-    "trace_id",
-    "content_hash",
-    "action",
-    "disposition",
-    "reason",
-    "verdict_json",
-    "status",
-    "resolution",
-    "reviewer",
-    "note",
-    "resolved_at",
-    "escalation_id",
-    "audit_status",
-    "risk",
-    "label",
-    "auditor",
-    "categories",
-    "integration",
-    "model",
-    "thread_id",
-    "session_id",
-    "run_id",
-    "source_path",
-    "source_line",
-    "source_turn",
-    "excerpt",
-    "content_stored",
-    "delivered_at",
-    "delivered_to",
-)
-_CONTENT_COLUMNS = ("query", "thinking", "response", "tool_calls_json", "history_json")
-_SUMMARY_SQL = ", ".join(_SUMMARY_COLUMNS)
-_FULL_SQL = ", ".join(_SUMMARY_COLUMNS + _CONTENT_COLUMNS)
-_INSERT_COLUMNS = (
-    "escalation_id",
-    "record_id",
-    "created_at",
-    "trace_id",
-    "content_hash",
-    "action",
-    "disposition",
-    "reason",
-    "verdict_json",
-    "audit_status",
-    "risk",
-    "label",
-    "auditor",
-    "categories",
-    "integration",
-    "model",
-    "thread_id",
-    "session_id",
-    "run_id",
-    "source_path",
-    "source_line",
-    "source_turn",
-    "excerpt",
-    "content_stored",
-    "query",
-    "thinking",
-    "response",
-    "tool_calls_json",
-    "history_json",
-)
-_INSERT_SQL = (
-    f"INSERT OR IGNORE INTO escalations ({', '.join(_INSERT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)})"
-)
-
-# On ``resolution`` alone (NULL while pending), so that the (resolution, id) and
-# (created_at, resolution) indexes answer state filters without reading rows.
-_STATE_SQL = {
-    "pending": "resolution IS NULL",
-    "approved": "resolution = 'approved'",
-    "rejected": "resolution = 'rejected'",
-    "resolved": "resolution IS NOT NULL",
-    "all": "",
-}
-
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-class EscalationStore:
+class EscalationStore(BrowseQueries):
     """The SQLite file of a review queue: escalations, their thumbnails and resolutions.
 
     Args:
@@ -200,7 +118,7 @@ class EscalationStore:
             try:
                 for entry in entries:
                     row = entry.row
-                    cursor = conn.execute(_INSERT_SQL, [row.get(c) for c in _INSERT_COLUMNS])
+                    cursor = conn.execute(INSERT_SQL, [row.get(c) for c in INSERT_COLUMNS])
                     if cursor.rowcount != 1:
                         continue
                     added += 1
@@ -346,7 +264,7 @@ class EscalationStore:
     def undelivered(self, *, integration: str | None = None, limit: int = 100) -> list[Escalation]:
         """Resolved items with a thread id whose resolution no resumer has delivered yet."""
         sql = (
-            f"SELECT {_SUMMARY_SQL} FROM escalations WHERE status = 'resolved'"
+            f"SELECT {SUMMARY_SQL} FROM escalations WHERE status = 'resolved'"
             " AND delivered_at IS NULL AND thread_id IS NOT NULL"
         )
         params: list[Any] = []
@@ -357,7 +275,7 @@ class EscalationStore:
         params.append(limit)
         with self._lock:
             rows = self._db().execute(sql, params).fetchall()
-        return [_escalation(row) for row in rows]
+        return [escalation_from_row(row) for row in rows]
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -378,7 +296,7 @@ class EscalationStore:
         with self._lock:
             conn = self._db()
             row = conn.execute(
-                f"SELECT {_FULL_SQL} FROM escalations WHERE {column} = ?", (key,)
+                f"SELECT {FULL_SQL} FROM escalations WHERE {column} = ?", (key,)
             ).fetchone()
             if row is None:
                 return None
@@ -387,7 +305,7 @@ class EscalationStore:
                 " WHERE escalation = ? ORDER BY position",
                 (row[0],),
             ).fetchall()
-        return _escalation(row, full=True, images=images)
+        return escalation_from_row(row, full=True, images=images)
 
     def outcome(self, escalation_id: str) -> tuple[bool, ReviewOutcome | None]:
         """``(filed, outcome)``: whether the item exists, and the reviewer's decision if any.
@@ -433,194 +351,6 @@ class EscalationStore:
             return None
         return StoredImage(mime=row[0], data=bytes(row[1]))
 
-    def pending(self, limit: int = 100) -> list[Escalation]:
-        """Unresolved items, oldest first (without content)."""
-        with self._lock:
-            rows = (
-                self._db()
-                .execute(
-                    f"SELECT {_SUMMARY_SQL} FROM escalations WHERE status = 'pending'"
-                    " ORDER BY id LIMIT ?",
-                    (limit,),
-                )
-                .fetchall()
-            )
-        return [_escalation(row) for row in rows]
-
-    def page(
-        self,
-        where: EscalationFilter | None = None,
-        *,
-        limit: int = 50,
-        before: int | None = None,
-        after: int | None = None,
-    ) -> Page:
-        """One page of matching items, newest first, without content.
-
-        ``before``/``after`` are row ids from a previous page's ``older``/``newer``.
-        """
-        where = where or EscalationFilter()
-        limit = max(1, min(limit, 500))
-        conditions, params = _conditions(where)
-        total, exact = self._total(where, conditions, params)
-        if after is not None:
-            sql, extra, order = "id > ?", [after], "ASC"
-        elif before is not None:
-            sql, extra, order = "id < ?", [before], "DESC"
-        else:
-            sql, extra, order = "", [], "DESC"
-        clauses = [*conditions, sql] if sql else conditions
-        # Row ids first (from an index, small to sort), then the rows of this page only.
-        query = "SELECT id FROM escalations"
-        if clauses:
-            query += " WHERE " + " AND ".join(clauses)
-        query += f" ORDER BY id {order} LIMIT ?"
-        with self._lock:
-            conn = self._db()
-            ids = [row[0] for row in conn.execute(query, [*params, *extra, limit + 1])]
-            marks = ", ".join("?" for _ in ids[:limit])
-            rows = conn.execute(
-                f"SELECT {_SUMMARY_SQL} FROM escalations WHERE id IN ({marks}) ORDER BY id {order}",
-                ids[:limit],
-            ).fetchall()
-        more = len(ids) > limit
-        if order == "ASC":
-            rows.reverse()
-        items = [_escalation(row) for row in rows]
-        if not items:
-            return Page(items=[], total=total, exact=exact)
-        at_start = before is None and after is None
-        newer = None if at_start or (after is not None and not more) else items[0].id
-        older = items[-1].id if (more or after is not None) else None
-        if (
-            older is not None
-            and after is not None
-            and not self._exists_before(conditions, params, items[-1].id)
-        ):
-            older = None
-        return Page(items=items, total=total, exact=exact, older=older, newer=newer)
-
-    def neighbours(
-        self, item_id: int, where: EscalationFilter | None = None
-    ) -> tuple[str | None, str | None]:
-        """The escalation ids of the items just newer and just older than row ``item_id`` under
-        ``where`` (None at either end), for moving through a list from an item's page."""
-        conditions, params = _conditions(where or EscalationFilter())
-        base = " AND ".join(conditions)
-        found: list[str | None] = []
-        with self._lock:
-            for op, order in ((">", "ASC"), ("<", "DESC")):
-                clause = f"id {op} ?" + (f" AND {base}" if base else "")
-                row = (
-                    self._db()
-                    .execute(
-                        f"SELECT escalation_id FROM escalations WHERE {clause}"
-                        f" ORDER BY id {order} LIMIT 1",
-                        [item_id, *params],
-                    )
-                    .fetchone()
-                )
-                found.append(row[0] if row else None)
-        return found[0], found[1]
-
-    def items(
-        self, where: EscalationFilter | None = None, *, batch: int = 500
-    ) -> Iterator[Escalation]:
-        """Every matching item with its content, oldest first, read in batches (for exports)."""
-        conditions, params = _conditions(where or EscalationFilter())
-        last = 0
-        while True:
-            clauses = [*conditions, "id > ?"]
-            with self._lock:
-                rows = (
-                    self._db()
-                    .execute(
-                        f"SELECT {_FULL_SQL} FROM escalations WHERE {' AND '.join(clauses)}"
-                        " ORDER BY id LIMIT ?",
-                        [*params, last, batch],
-                    )
-                    .fetchall()
-                )
-            if not rows:
-                return
-            for row in rows:
-                yield _escalation(row, full=True)
-            last = int(rows[-1][0])
-
-    def counts(self, where: EscalationFilter | None = None) -> dict[str, int]:
-        """How many items are pending, approved and rejected (under ``where``'s other filters;
-        its ``state`` is ignored).
-
-        Exact and constant-time for filters on risk, source and auditor (kept in a tally table
-        by triggers). With a category, date or thread filter each state is counted up to
-        ``count_cap`` rows: a larger count reads ``count_cap + 1`` ("more than").
-        """
-        where = where or EscalationFilter()
-        counts = {"pending": 0, "approved": 0, "rejected": 0}
-        tally = _tally_conditions(where, with_state=False)
-        if tally is not None:
-            table, conditions, params = tally
-            sql = f"SELECT state, sum(n) FROM {table}"
-            if conditions:
-                sql += " WHERE " + " AND ".join(conditions)
-            with self._lock:
-                rows = self._db().execute(sql + " GROUP BY state", params).fetchall()
-            counts.update({str(state): int(n) for state, n in rows})
-            return counts
-        for state in counts:
-            narrowed = dataclasses.replace(where, state=state)  # type: ignore[arg-type]
-            conditions, params = _conditions(narrowed)
-            counts[state] = self._capped_count(conditions, params)
-        return counts
-
-    def _total(
-        self, where: EscalationFilter, conditions: list[str], params: list[Any]
-    ) -> tuple[int, bool]:
-        tally = _tally_conditions(where, with_state=True)
-        if tally is None:
-            total = self._capped_count(conditions, params)
-            return total, total <= self.count_cap
-        table, tally_conditions, tally_params = tally
-        sql = f"SELECT coalesce(sum(n), 0) FROM {table}"
-        if tally_conditions:
-            sql += " WHERE " + " AND ".join(tally_conditions)
-        with self._lock:
-            return int(self._db().execute(sql, tally_params).fetchone()[0]), True
-
-    def _capped_count(self, conditions: list[str], params: list[Any]) -> int:
-        sql = "SELECT 1 FROM escalations"
-        if conditions:
-            sql += " WHERE " + " AND ".join(conditions)
-        with self._lock:
-            row = (
-                self._db()
-                .execute(f"SELECT count(*) FROM ({sql} LIMIT ?)", [*params, self.count_cap + 1])
-                .fetchone()
-            )
-        return int(row[0])
-
-    def facets(self) -> dict[str, list[str]]:
-        """The values seen for ``auditor``, ``category`` and ``integration`` (filter choices)."""
-        with self._lock:
-            rows = self._db().execute("SELECT kind, value FROM facets ORDER BY kind, value")
-            out: dict[str, list[str]] = {"auditor": [], "category": [], "integration": []}
-            for kind, value in rows.fetchall():
-                out.setdefault(kind, []).append(value)
-        return out
-
-    def _exists_before(self, conditions: list[str], params: list[Any], item_id: int) -> bool:
-        clauses = [*conditions, "id < ?"]
-        with self._lock:
-            row = (
-                self._db()
-                .execute(
-                    f"SELECT 1 FROM escalations WHERE {' AND '.join(clauses)} LIMIT 1",
-                    [*params, item_id],
-                )
-                .fetchone()
-            )
-        return row is not None
-
 
 def _key(escalation_id: str | int) -> tuple[str, str | int]:
     """The column and value that identify an item: a row number (int) or an escalation id."""
@@ -629,148 +359,3 @@ def _key(escalation_id: str | int) -> tuple[str, str | int]:
     if isinstance(escalation_id, int):
         return "id", escalation_id
     return "escalation_id", str(escalation_id)
-
-
-_TALLY_STATES = {
-    "pending": ("state = 'pending'", ()),
-    "approved": ("state = 'approved'", ()),
-    "rejected": ("state = 'rejected'", ()),
-    "resolved": ("state IN ('approved', 'rejected')", ()),
-}
-
-
-def _tally_conditions(
-    where: EscalationFilter, *, with_state: bool
-) -> tuple[str, list[str], list[Any]] | None:
-    """``where`` as ``(table, conditions, params)`` on a tally table, or None when it filters
-    on something no tally keeps (dates, thread; a category with other filters)."""
-    if where.since or where.until or where.thread_id:
-        return None
-    if where.category is not None:
-        if where.risk is not None or where.integration is not None or where.auditor is not None:
-            return None
-        conditions = ["category = ?"]
-        if with_state and where.state in _TALLY_STATES:
-            conditions.append(_TALLY_STATES[where.state][0])
-        return "category_tallies", conditions, [where.category]
-    conditions = []
-    params: list[Any] = []
-    if with_state and where.state in _TALLY_STATES:
-        conditions.append(_TALLY_STATES[where.state][0])
-    if where.risk is not None:
-        conditions.append("risk = ?")
-        params.append(where.risk)
-    for column in ("integration", "auditor"):
-        value = getattr(where, column)
-        if value is not None:
-            conditions.append(f"{column} = ?")
-            params.append(value)
-    return "tallies", conditions, params
-
-
-def _conditions(where: EscalationFilter, *, with_state: bool = True) -> tuple[list[str], list[Any]]:
-    """``where`` as SQL conditions on ``escalations``.
-
-    With a date range, the other columns are written ``+column``, which keeps SQLite from using
-    their indexes: the range (on the ``created_at`` index) is what bounds the rows to visit, and a
-    state index would make a count walk every item of that state looking for the dates.
-    """
-    dated = where.since is not None or where.until is not None
-    mark = "+" if dated else ""
-    conditions: list[str] = []
-    params: list[Any] = []
-    if with_state and _STATE_SQL[where.state]:
-        conditions.append(mark + _STATE_SQL[where.state])
-    if where.risk == "failed":
-        conditions.append(f"{mark}audit_status IS NOT 'ok'")
-    elif where.risk is not None:
-        conditions.append(f"{mark}label = ?")
-        params.append(where.risk)
-    for column in ("auditor", "integration", "thread_id"):
-        value = getattr(where, column)
-        if value is not None:
-            conditions.append(f"{mark}{column} = ?")
-            params.append(value)
-    if where.category is not None:
-        # EXISTS (a primary-key probe per row) rather than IN (a temporary index of every item
-        # of the category): a page stops after its few matches.
-        conditions.append(
-            "EXISTS (SELECT 1 FROM escalation_categories AS c"
-            " WHERE c.category = ? AND c.escalation = escalations.id)"
-        )
-        params.append(where.category)
-    since, until = where.bounds()
-    if since is not None:
-        conditions.append("created_at >= ?")
-        params.append(since)
-    if until is not None:
-        conditions.append("created_at < ?")
-        params.append(until)
-    return conditions, params
-
-
-def _json(text: str | None, default: Any) -> Any:
-    if not text:
-        return default
-    try:
-        return json.loads(text)
-    except ValueError:
-        return default
-
-
-def _escalation(
-    row: Sequence[Any], *, full: bool = False, images: Sequence[Sequence[Any]] = ()
-) -> Escalation:
-    values = dict(zip(_SUMMARY_COLUMNS + (_CONTENT_COLUMNS if full else ()), row, strict=True))
-    verdict = _json(values["verdict_json"], {})
-    source = None
-    if values["source_path"]:
-        source = SourceLocation(values["source_path"], values["source_line"], values["source_turn"])
-    categories = tuple(c for c in (values["categories"] or "").split(",") if c)
-    if not categories and isinstance(verdict, Mapping):
-        categories = tuple(str(c) for c in verdict.get("categories") or ())
-    content = None
-    if full and values["content_stored"]:
-        content = EscalationContent(
-            query=values["query"] or "",
-            response=values["response"] or "",
-            thinking=values["thinking"],
-            tool_calls=tuple(_json(values["tool_calls_json"], [])),
-            history=tuple(_json(values["history_json"], [])),
-        )
-    return Escalation(
-        id=int(values["id"]),
-        created_at=values["created_at"],
-        trace_id=values["trace_id"],
-        content_hash=values["content_hash"],
-        action=values["action"],
-        disposition=values["disposition"],
-        reason=values["reason"],
-        verdict=verdict if isinstance(verdict, Mapping) else {},
-        status=cast("Literal['pending', 'resolved']", values["status"]),
-        resolution=cast("Literal['approved', 'rejected'] | None", values["resolution"]),
-        reviewer=values["reviewer"],
-        note=values["note"],
-        resolved_at=values["resolved_at"],
-        escalation_id=values["escalation_id"] or "",
-        audit_status=values["audit_status"],
-        risk=values["risk"],
-        label=values["label"],
-        auditor=values["auditor"],
-        categories=categories,
-        integration=values["integration"],
-        model=values["model"],
-        thread_id=values["thread_id"],
-        session_id=values["session_id"],
-        run_id=values["run_id"],
-        source=source,
-        excerpt=values["excerpt"],
-        content_stored=bool(values["content_stored"]),
-        content=content,
-        images=tuple(
-            ImageInfo(position=p, identity=i, mime=m, width=w, height=h, note=n)
-            for p, i, m, w, h, n in images
-        ),
-        delivered_at=values["delivered_at"],
-        delivered_to=values["delivered_to"],
-    )
