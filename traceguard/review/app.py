@@ -20,29 +20,23 @@ script, fake links, control characters; images may be polyglots):
 - the Host header must name this machine (DNS rebinding), unless ``allowed_hosts`` says
   otherwise;
 - the security headers go on every answer, the body-size 413 and a 500 included.
+
+The pieces: ``_login.py`` (who is asking: bearer header, login session, CSRF on every POST),
+``_web_security.py`` (headers, Host check, the 500), ``_render.py`` (templates and how a value
+prints); this module holds the pages and puts them together.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from traceguard._version import install_hint
-from traceguard.review._auth import (
-    CSRF_FIELD,
-    CSRF_HEADER,
-    LOGIN_COOKIE,
-    SESSION_COOKIE,
-    Identity,
-    ReviewAuth,
-    clean_name,
-)
+from traceguard.review._auth import Identity, ReviewAuth
 from traceguard.review._entry import MAX_IMAGES
 from traceguard.review._export import csv_chunks, jsonl_lines
 from traceguard.review._model import (
@@ -55,8 +49,7 @@ from traceguard.review._model import (
 from traceguard.review._store import MAX_NOTE_CHARS, EscalationStore
 
 try:
-    import jinja2
-    from markupsafe import Markup
+    import jinja2  # noqa: F401  (the templates need it: checked here with the rest of the extra)
     from starlette.applications import Starlette
     from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
     from starlette.middleware.body_limit import RequestBodyLimitMiddleware
@@ -69,141 +62,25 @@ try:
     )
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
-    from starlette.templating import Jinja2Templates
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"the review app needs its extra: {install_hint('review')}") from exc
 
+# After the extra's check: these import starlette and jinja2 themselves.
+from traceguard.review._login import MAX_FORM_BYTES, LoginGate
+from traceguard.review._render import Renderer, count_labels, templates
+from traceguard.review._web_security import (
+    CONTENT_SECURITY_POLICY,
+    IMAGE_POLICY,
+    LOOPBACK_HOSTS,
+    HostCheck,
+    SecurityHeaders,
+    server_error,
+)
+
 __all__ = ["CONTENT_SECURITY_POLICY", "create_app"]
 
-logger = logging.getLogger("traceguard.review")
-
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-_IMAGE_POLICY = "default-src 'none'; sandbox"
-_SECURITY_HEADERS = (
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-    (b"cross-origin-opener-policy", b"same-origin"),
-    (b"cross-origin-resource-policy", b"same-origin"),
-    (b"cache-control", b"no-store"),
-)
-"""Sent with every answer, next to a Content-Security-Policy."""
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _PACKAGE = Path(__file__).resolve().parent
 _EXPORT_STATES = ("resolved", "approved", "rejected")
-_MAX_FORM_BYTES = 64 * 1024
-
-# Characters that make text display differently from what it is (Trojan Source reordering,
-# invisible joiners): shown as visible escapes so a reviewer sees what is really there.
-_DECEPTIVE = re.compile("[\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
-
-
-def _reveal(text: Any) -> str:
-    """Jinja filter: deceptive invisible characters as ``\\u202e``-style escapes.
-
-    The result is still escaped by autoescaping; it is never marked safe.
-    """
-    if text is None:
-        return ""
-    return _DECEPTIVE.sub(lambda m: f"\\u{ord(m.group()):04x}", str(text))
-
-
-def _finalize(value: Any) -> Any:
-    """Jinja ``finalize``: every value a template prints goes through :func:`_reveal` (an
-    integration or auditor name must not reorder the text after it); markup the templates
-    build themselves is left alone."""
-    if isinstance(value, Markup) or not isinstance(value, str):
-        return value
-    return _reveal(value)
-
-
-def _risk_label(value: Any) -> str:
-    return {0.0: "0 safe", 0.5: "0.5 potentially harmful", 1.0: "1 harmful"}.get(value, "—")
-
-
-class _SecurityHeaders:
-    """ASGI middleware: the security headers on every response, and ``Server-Timing`` (the
-    app's wall time to the response headers, and the process's CPU time meanwhile)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        cpu_started = time.process_time()  # the whole process: exact only one request at a time
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [
-                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"server-timing"
-                ]
-                present = {k.lower() for k, _ in headers}
-                if b"content-security-policy" not in present:
-                    headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
-                headers += _SECURITY_HEADERS
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                cpu_ms = (time.process_time() - cpu_started) * 1000
-                timing = f"app;dur={elapsed_ms:.2f}, cpu;dur={cpu_ms:.2f}"
-                headers.append((b"server-timing", timing.encode()))
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class _HostCheck:
-    """ASGI middleware: refuse requests whose Host is not one this app answers to (a page on
-    another site that rebinds its DNS name to 127.0.0.1 must not reach the app)."""
-
-    def __init__(self, app: ASGIApp, allowed: Sequence[str]) -> None:
-        self.app = app
-        self.allowed = {h.lower().strip("[]") for h in allowed}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "*" not in self.allowed:
-            host = ""
-            for key, value in scope.get("headers", []):
-                if key == b"host":
-                    host = value.decode("latin-1")
-                    break
-            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            if name.lower().strip("[]") not in self.allowed:
-                response = PlainTextResponse("unknown host", status_code=400)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _server_error(request: Request, exc: Exception) -> Response:
-    """The 500 answer. Starlette sends it from outside every added middleware, so it carries
-    the security headers itself."""
-    logger.error("review app: %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
-    headers = {"content-security-policy": CONTENT_SECURITY_POLICY}
-    headers.update({k.decode(): v.decode() for k, v in _SECURITY_HEADERS})
-    return PlainTextResponse("Internal Server Error", status_code=500, headers=headers)
-
-
-def _templates() -> Jinja2Templates:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(_PACKAGE / "templates")),
-        # Every template is HTML: escape everything, whatever the file name.
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        finalize=_finalize,
-    )
-    env.filters["reveal"] = _reveal
-    env.filters["risk_label"] = _risk_label
-    env.filters["path"] = lambda value: quote(str(value), safe="")
-    return Jinja2Templates(env=env)
 
 
 def _filter_from(params: Mapping[str, str], *, default_state: str) -> EscalationFilter:
@@ -243,15 +120,6 @@ def _int_param(params: Mapping[str, str], name: str) -> int | None:
     return int(value) if value.isdigit() and len(value) < 19 else None
 
 
-def _local_path(value: str | None, default: str) -> str:
-    """``value`` if it is a path on this app (never another host or scheme), else ``default``."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return default
-    if any(ord(ch) < 0x20 for ch in value):
-        return default
-    return value
-
-
 def create_app(
     store: EscalationStore | str | os.PathLike[str],
     *,
@@ -277,161 +145,10 @@ def create_app(
         raise ValueError("the review app needs a token")
     db = EscalationStore(store, create=False) if not isinstance(store, EscalationStore) else store
     auth = ReviewAuth(token, session_ttl=session_ttl)
-    templates = _templates()
-    hosts = list(allowed_hosts) if allowed_hosts is not None else list(_LOOPBACK_HOSTS)
-
-    # -- helpers -----------------------------------------------------------------------------
-
-    def bearer_of(request: Request) -> str | None:
-        header = request.headers.get("authorization", "")
-        return header[7:].strip() if header[:7].lower() == "bearer " else None
-
-    def identity_of(request: Request) -> Identity | None:
-        token = bearer_of(request)
-        if token is not None:
-            return auth.bearer(token, request.headers.get("x-reviewer"))
-        session_id = request.cookies.get(SESSION_COOKIE)
-        return auth.session(session_id) if session_id else None
-
-    def throttled_bearer(request: Request) -> Response | None:
-        """429 for a bearer client while token guesses are throttled (a right token too: a
-        different answer for it would make the throttle an oracle)."""
-        if bearer_of(request) is None or not auth.throttled():
-            return None
-        return PlainTextResponse(
-            "too many failed token checks; wait a minute",
-            status_code=429,
-            headers={"retry-after": str(int(auth.failure_window))},
-        )
-
-    def page(
-        request: Request, name: str, context: dict[str, Any], status_code: int = 200
-    ) -> Response:
-        context.setdefault("identity", None)
-        context.setdefault("max_note", MAX_NOTE_CHARS)
-        return templates.TemplateResponse(request, name, context, status_code=status_code)
-
-    def login_page(request: Request, status_code: int, error: str | None = None) -> Response:
-        nonce = os.urandom(24).hex()
-        target = request.url.path
-        if request.url.query:
-            target += "?" + request.url.query
-        if request.url.path in ("/login", "/logout"):
-            target = _local_path(request.query_params.get("next"), "/")
-        response = page(
-            request,
-            "login.html",
-            {"login_csrf": nonce, "next": target, "error": error},
-            status_code=status_code,
-        )
-        response.set_cookie(
-            LOGIN_COOKIE,
-            nonce,
-            max_age=3600,
-            path="/login",
-            httponly=True,
-            samesite="strict",
-            secure=secure_cookies,
-        )
-        return response
-
-    def message(
-        request: Request, identity: Identity | None, status: int, title: str, text: str
-    ) -> Response:
-        return page(
-            request,
-            "message.html",
-            {"identity": identity, "title": title, "text": text},
-            status_code=status,
-        )
-
-    def guarded(
-        handler: Callable[[Request, Identity], Any],
-    ) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            refused = throttled_bearer(request)
-            if refused is not None:
-                return refused
-            identity = identity_of(request)
-            if identity is None:
-                if request.headers.get("authorization"):
-                    logger.warning("review app: wrong bearer token from %s", _client(request))
-                    return PlainTextResponse(
-                        "invalid token", status_code=401, headers={"www-authenticate": "Bearer"}
-                    )
-                return login_page(request, 401)
-            if request.method == "POST":
-                form = await request.form(max_files=0, max_fields=20, max_part_size=_MAX_FORM_BYTES)
-                supplied = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)
-                if not auth.csrf_matches(identity, supplied if isinstance(supplied, str) else None):
-                    return message(
-                        request,
-                        identity,
-                        403,
-                        "Request refused",
-                        "The form's security token is missing or stale. Reload the page and "
-                        "try again.",
-                    )
-                request.state.form = form
-            result: Response = await handler(request, identity)
-            return result
-
-        return endpoint
-
-    # -- login -------------------------------------------------------------------------------
-
-    async def login_form(request: Request) -> Response:
-        refused = throttled_bearer(request)
-        if refused is not None:
-            return refused
-        if identity_of(request) is not None:
-            return RedirectResponse(_local_path(request.query_params.get("next"), "/"), 303)
-        return login_page(request, 200)
-
-    async def login(request: Request) -> Response:
-        form = await request.form(max_files=0, max_fields=10, max_part_size=_MAX_FORM_BYTES)
-        nonce = request.cookies.get(LOGIN_COOKIE, "")
-        supplied = form.get(CSRF_FIELD)
-        if not nonce or not isinstance(supplied, str) or supplied != nonce:
-            return login_page(request, 403, "The login form expired; please try again.")
-        if auth.throttled():
-            return login_page(request, 429, "Too many failed logins; wait a minute.")
-        token = form.get("token")
-        name = form.get("name")
-        if not isinstance(token, str) or not isinstance(name, str) or not clean_name(name):
-            return login_page(request, 400, "Give the token and your name.")
-        session_id = auth.login(token.strip(), name)
-        if session_id is None:
-            logger.warning("review app: failed login from %s", _client(request))
-            return login_page(request, 401, "Wrong token.")
-        previous = request.cookies.get(SESSION_COOKIE)
-        if previous:
-            auth.logout(previous)  # one browser, one session: the one it came with ends here
-        target = _local_path(str(form.get("next") or ""), "/")
-        response = RedirectResponse(target, status_code=303)
-        response.set_cookie(
-            SESSION_COOKIE,
-            session_id,
-            max_age=int(session_ttl),
-            path="/",
-            httponly=True,
-            samesite="strict",
-            secure=secure_cookies,
-        )
-        response.delete_cookie(LOGIN_COOKIE, path="/login")
-        return response
-
-    async def logout(request: Request, identity: Identity) -> Response:
-        if identity.session_id:
-            auth.logout(identity.session_id)
-        response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path="/")
-        return response
-
-    async def session_info(request: Request, identity: Identity) -> Response:
-        from starlette.responses import JSONResponse
-
-        return JSONResponse({"reviewer": identity.reviewer, "csrf": identity.csrf})
+    render = Renderer(templates())
+    gate = LoginGate(auth, render, secure_cookies=secure_cookies, session_ttl=session_ttl)
+    hosts = list(allowed_hosts) if allowed_hosts is not None else list(LOOPBACK_HOSTS)
+    page, message, guarded = render.page, render.message, gate.guarded
 
     # -- pages -------------------------------------------------------------------------------
 
@@ -455,7 +172,7 @@ def create_app(
             {
                 "identity": identity,
                 "page": result,
-                "count_labels": _count_labels(counts, db.count_cap),
+                "count_labels": count_labels(counts, db.count_cap),
                 "facets": facets,
                 "where": where,
                 "risks": RISK_FILTERS,
@@ -551,7 +268,7 @@ def create_app(
             stored.data,
             media_type=stored.mime,
             headers={
-                "content-security-policy": _IMAGE_POLICY,
+                "content-security-policy": IMAGE_POLICY,
                 "content-disposition": f'inline; filename="image-{position}.{extension}"',
             },
         )
@@ -577,10 +294,10 @@ def create_app(
         )
 
     routes = [
-        Route("/login", login_form, methods=["GET"]),
-        Route("/login", login, methods=["POST"]),
-        Route("/logout", guarded(logout), methods=["POST"]),
-        Route("/api/session", guarded(session_info), methods=["GET"]),
+        Route("/login", gate.login_form, methods=["GET"]),
+        Route("/login", gate.login, methods=["POST"]),
+        Route("/logout", guarded(gate.logout), methods=["POST"]),
+        Route("/api/session", guarded(gate.session_info), methods=["GET"]),
         Route("/", guarded(list_page), methods=["GET"]),
         Route("/items/{escalation_id}", guarded(detail_page), methods=["GET"]),
         Route("/items/{escalation_id}/resolve", guarded(resolve), methods=["POST"]),
@@ -589,22 +306,10 @@ def create_app(
         Route("/export.csv", guarded(export_csv), methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=str(_PACKAGE / "static")), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={Exception: _server_error})
+    app = Starlette(routes=routes, exception_handlers={Exception: server_error})
     # Inside the security headers (Starlette's own max_body_size would answer from outside).
-    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=_MAX_FORM_BYTES)
-    app.add_middleware(_HostCheck, allowed=hosts)
-    app.add_middleware(_SecurityHeaders)
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_FORM_BYTES)
+    app.add_middleware(HostCheck, allowed=hosts)
+    app.add_middleware(SecurityHeaders)
     app.state.store = db
     return app
-
-
-def _count_labels(counts: Mapping[str, int], cap: int) -> dict[str, str]:
-    """Tab labels: exact counts, or ``1,000+`` where counting stopped at the cap."""
-    labels = {state: f"{cap:,}+" if n > cap else f"{n:,}" for state, n in counts.items()}
-    total = sum(min(n, cap) for n in counts.values())
-    labels["all"] = f"{total:,}+" if any(n > cap for n in counts.values()) else f"{total:,}"
-    return labels
-
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "?"
