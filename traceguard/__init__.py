@@ -5,7 +5,7 @@ The public surface is re-exported here; modules starting with ``_`` are private.
 
 from traceguard import taxonomy
 from traceguard._auditor import Auditor
-from traceguard._checkpoints import AuditSchedule
+from traceguard._checkpoints import AuditSchedule, CheckpointClock
 from traceguard._decision import Action, Decision, ReviewOutcome
 from traceguard._exceptions import (
     AuditorError,
@@ -90,6 +90,7 @@ __all__ = [
     "BaselineAuditor",
     "Blocked",
     "CategoryRule",
+    "CheckpointClock",
     "ConfigurationError",
     "Decision",
     "ErrorInfo",
