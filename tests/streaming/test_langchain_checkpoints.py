@@ -229,3 +229,87 @@ async def test_handler_audits_a_safe_stream_at_checkpoints_and_at_the_end(
     assert stages[-1] is Stage.FINAL and stages[:-1] and set(stages[:-1]) == {Stage.CHECKPOINT}
     assert auditor.most_at_once == 1
     assert handler.active_runs == 0
+
+
+def handler_for(guard: Guard, flavor: str) -> Any:
+    return (
+        TraceguardCallbackHandler(guard)
+        if flavor == "sync"
+        else AsyncTraceguardCallbackHandler(guard)
+    )
+
+
+async def test_handler_keeps_streaming_while_a_checkpoint_is_audited(
+    server: OpenAIServer, flavor: str
+) -> None:
+    tokens = thinking_tokens(8 * EVERY)
+    server.enqueue(ScriptedResponse.sse(tagged(tokens)))
+    slow = threading.Event()
+    auditor = RecordingAuditor(gate=lambda t: slow if t.metadata.get("checkpoint") == 1 else None)
+    handler = handler_for(checkpoint_guard(auditor), flavor)
+    during: list[int] = []
+
+    class Watch(list[Any]):
+        def append(self, chunk: Any) -> None:
+            super().append(chunk)
+            if len(text(self)) >= len("<think>") + 4 * EVERY and not slow.is_set():
+                during.append(len(self))
+            if "Answer." in text(self):
+                slow.set()  # the whole answer is out: let the first checkpoint finish
+
+    seen = Watch()
+    await consume(chat(server), flavor, seen, config={"callbacks": [handler]})
+    # A handler that audited on the token callback would have held the stream until the gate
+    # gave up: the answer could not reach the caller while the first checkpoint was pending.
+    assert auditor.gate_timeouts == 0
+    assert text(seen).endswith("Answer.")
+    assert len(during) == 8 * EVERY - EVERY + 1 + 2  # the rest of the thinking, </think>, answer
+    assert auditor.stages() == [Stage.CHECKPOINT, Stage.FINAL]
+    assert auditor.most_at_once == 1
+    assert handler.active_runs == 0
+
+
+async def test_handler_checkpoint_errors_follow_the_policy(
+    server: OpenAIServer, flavor: str
+) -> None:
+    def failing(trace: Trace) -> bool:
+        return trace.stage is Stage.CHECKPOINT
+
+    # Default policy: an auditor error escalates, held as a block; the run stops mid-stream.
+    control = StreamControl()
+    events = tagged(thinking_tokens(400))
+    server.enqueue(ScriptedResponse.sse(events, control=control, event_delay_s=0.02))
+    auditor = RecordingAuditor(fail=failing)
+    handler = handler_for(checkpoint_guard(auditor), flavor)
+    escalated = None
+    try:
+        await consume(chat(server), flavor, [], config={"callbacks": [handler]})
+    except Escalated as exc:
+        escalated = exc
+    assert escalated is not None
+    assert escalated.decision.verdict.status is AuditStatus.AUDITOR_ERROR
+    del escalated
+    gc.collect()
+    assert await asyncio.to_thread(control.finished.wait, 10)
+    assert auditor.stages() == [Stage.CHECKPOINT]
+    assert control.disconnected.is_set(), f"the upstream was not closed ({control.sent} sent)"
+    assert control.sent < len(events)
+    assert handler.active_runs == 0
+
+    # Errors allowed: the stream runs to its end, each failed checkpoint recorded as one.
+    server.enqueue(ScriptedResponse.sse(tagged(thinking_tokens(3 * EVERY))))
+    auditor = RecordingAuditor(fail=failing)
+    sink = ListSink()
+    lenient = Guard(
+        auditor,
+        Policy(auditor_error=Action.ALLOW),
+        [sink],
+        checkpoints=AuditSchedule(EVERY),
+    )
+    seen: list[Any] = []
+    await consume(chat(server), flavor, seen, config={"callbacks": [handler_for(lenient, flavor)]})
+    assert text(seen).endswith("Answer.")
+    stages = auditor.stages()
+    assert stages[-1] is Stage.FINAL and stages[:-1] and set(stages[:-1]) == {Stage.CHECKPOINT}
+    statuses = [r.decision.verdict.status for r in sink.records]
+    assert statuses == [AuditStatus.AUDITOR_ERROR] * (len(stages) - 1) + [AuditStatus.OK]

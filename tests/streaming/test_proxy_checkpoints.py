@@ -98,7 +98,7 @@ class Running:
 def make_proxy(tmp_path: Path, upstream: OpenAIServer, auditor: OpenAIServer) -> Iterator[Any]:
     running: list[Running] = []
 
-    def make(mode: str) -> Running:
+    def make(mode: str, **extra: Any) -> Running:
         config = {
             "auditor": {
                 "kind": "guardtrace",
@@ -118,6 +118,7 @@ def make_proxy(tmp_path: Path, upstream: OpenAIServer, auditor: OpenAIServer) ->
                 "keys": [{"name": "team", "sha256": KEY_DIGEST}],
                 "stream": {"mode": mode},
             },
+            **extra,
         }
         path = tmp_path / "guard.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -204,3 +205,134 @@ def test_a_safe_stream_passes_with_checkpoints_then_a_full_final_audit(
     assert len(full) == 2  # the thinking-done and final audits generated their analysis
     metrics = httpx.get(f"{proxy.url.removesuffix('/v1')}/metrics", timeout=10).text
     assert 'stage="checkpoint"' in metrics
+
+
+class GatedGrader:
+    """:func:`grade`, except that the score requests of the first checkpoint wait for ``gate``
+    (at most 10 s); records the most checkpoint texts being scored at once."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+        self.first: str | None = None
+        self.arrived = threading.Event()
+        self.timeouts = 0
+        self._lock = threading.Lock()
+        self._scoring: dict[str, int] = {}
+        self.most_texts_at_once = 0
+
+    def __call__(self, request: RecordedRequest) -> ScriptedResponse:
+        body = request.json or {}
+        if not body.get("logprobs"):
+            return grade(request)
+        shown = json.dumps((body.get("messages") or [])[:2])
+        with self._lock:
+            if self.first is None:
+                self.first = shown
+            first = shown == self.first
+            self._scoring[shown] = self._scoring.get(shown, 0) + 1
+            self.most_texts_at_once = max(self.most_texts_at_once, len(self._scoring))
+        try:
+            if first:
+                self.arrived.set()
+                if not self.gate.wait(10):
+                    self.timeouts += 1
+            return grade(request)
+        finally:
+            with self._lock:
+                self._scoring[shown] -= 1
+                if not self._scoring[shown]:
+                    del self._scoring[shown]
+
+
+def test_a_safe_stream_flows_while_a_checkpoint_is_audited(
+    make_proxy: Any, upstream: OpenAIServer, auditor: OpenAIServer
+) -> None:
+    proxy = make_proxy("passthrough")
+    tokens = thinking_tokens(8 * EVERY)
+    upstream.enqueue(
+        ScriptedResponse.sse(chat_completion_chunks(reasoning_content=tokens, content="Done."))
+    )
+    gate = threading.Event()
+    grader = GatedGrader(gate)
+    auditor.responder = grader
+    during = 0  # thinking tokens the client received while the first checkpoint was pending
+    thinking = ""
+    try:
+        with httpx.stream(
+            "POST",
+            f"{proxy.url}/chat/completions",
+            json={"model": "m", "messages": USER, "stream": True},
+            headers={"authorization": f"Bearer {CLIENT_KEY}"},
+            timeout=30,
+        ) as response:
+            assert response.status_code == 200
+            lines = []
+            for line in response.iter_lines():
+                lines.append(line)
+                choices = json.loads(line[6:]).get("choices") if line.startswith("data: {") else []
+                if not choices:
+                    continue
+                piece = choices[0]["delta"].get("reasoning_content") or ""
+                thinking += piece
+                if piece and grader.arrived.is_set() and not gate.is_set():
+                    during += 1
+                if thinking == "".join(tokens):
+                    gate.set()  # all of the thinking is out: let the first checkpoint finish
+    finally:
+        gate.set()
+        auditor.responder = grade
+    # A proxy that held the stream for its checkpoint audit would have kept the thinking from
+    # the client until the gate gave up.
+    assert grader.timeouts == 0
+    assert grader.arrived.is_set()
+    assert during > 0
+    assert [line for line in lines if line][-1] == "data: [DONE]"
+    stages = [r["trace"]["stage"] for r in proxy.records()]
+    # The first checkpoint was pending through the rest of the thinking: no other started.
+    assert stages == ["checkpoint", "thinking", "final"]
+    assert grader.most_texts_at_once == 1
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_a_failed_checkpoint_takes_the_policys_error_action(
+    make_proxy: Any, upstream: OpenAIServer, auditor: OpenAIServer, allow: bool
+) -> None:
+    def failing(request: RecordedRequest) -> ScriptedResponse:
+        if (request.json or {}).get("logprobs"):
+            return ScriptedResponse.error(500, "the auditor fell over")
+        return grade(request)
+
+    extra: dict[str, Any] = {"policy": {"auditor_error": "allow"}} if allow else {}
+    proxy = make_proxy("passthrough", **extra)
+    total = 6 * EVERY
+    # Without a decision the upstream holds two intervals in: the failed first checkpoint must
+    # be acted on while it waits.
+    control = StreamControl(hold_at=None if allow else 2 * EVERY + 1)
+    upstream.enqueue(
+        ScriptedResponse.sse(
+            chat_completion_chunks(reasoning_content=thinking_tokens(total), content="Done."),
+            control=control,
+        )
+    )
+    auditor.responder = failing
+    try:
+        response = post_stream(proxy)
+    finally:
+        auditor.responder = grade
+    assert response.status_code == 200
+    assert control.finished.wait(10)
+    records = proxy.records()
+    stages = [r["trace"]["stage"] for r in records]
+    statuses = [r["decision"]["verdict"]["status"] for r in records]
+    if allow:
+        # Allowed errors: the stream runs to its end; the failures are recorded as such.
+        assert b"[DONE]" in response.content and b"content_blocked" not in response.content
+        assert not control.disconnected.is_set()
+        assert stages[-2:] == ["thinking", "final"] and set(stages[:-2]) == {"checkpoint"}
+        assert statuses == ["auditor_error"] * (len(stages) - 2) + ["ok", "ok"]
+    else:
+        # The default policy escalates an auditor error, held as a block: the stream ends there.
+        assert control.disconnected.is_set(), f"the upstream was not closed ({control.sent} sent)"
+        assert control.sent <= 2 * EVERY + 1
+        assert stages == ["checkpoint"] and statuses == ["auditor_error"]
+        assert records[0]["decision"]["action"] == "escalate"
