@@ -70,7 +70,7 @@ class GuardedChatModel(BaseChatModel):
 
     With checkpoints on the guard (``Guard(..., checkpoints=AuditSchedule(...))``) the thinking
     is audited while it streams, in the background and one audit at a time; a blocking
-    checkpoint closes the inner stream and raises ``Blocked`` (README, "Mid-stream auditing").
+    checkpoint closes the inner stream and raises ``Blocked`` (README, "Mid-stream audit").
     """
 
     model: Runnable[LanguageModelInput, BaseMessage]

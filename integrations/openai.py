@@ -55,7 +55,7 @@ Streams stay ``openai.Stream`` / ``openai.AsyncStream`` instances (the SDK build
   upstream connection is closed instead of paying for the rest of the generation.
 - checkpoints (``Guard(..., checkpoints=AuditSchedule(...))``): the thinking is also audited
   while it streams, in the background, and a blocking checkpoint closes the upstream at once
-  (README, "Mid-stream auditing").
+  (README, "Mid-stream audit").
 
 Before the caller runs the tool calls of an answer, :func:`check_tool_calls` audits each one
 with the reasoning that led to it (the tool gate, see :mod:`traceguard._tools`); or

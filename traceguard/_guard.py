@@ -56,7 +56,7 @@ class Guard:
 
     ``checkpoints`` (an :class:`~traceguard.AuditSchedule`) makes every streaming integration
     audit the partial output while the model is still writing it, and stop the upstream as soon
-    as a checkpoint blocks (see the README's "Mid-stream auditing").
+    as a checkpoint blocks (see the README's "Mid-stream audit").
     """
 
     def __init__(
