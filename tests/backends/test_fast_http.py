@@ -153,6 +153,24 @@ def test_only_plain_http_without_a_proxy_is_eligible(monkeypatch: pytest.MonkeyP
     assert eligible("http://gpu-a:8000/v1")
 
 
+def test_urls_with_credentials_stay_on_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    # This client sends no Basic auth: a URL with credentials through it would lose them.
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    for url in ("http://u:pw@gpu-a:8000/v1", "http://u@gpu-a/v1", "http://:pw@gpu-a/v1"):
+        assert not eligible(url), url
+    assert eligible("http://@gpu-a:8000/v1")  # an empty userinfo: httpx sends no auth either
+
+
+async def test_a_url_with_credentials_is_refused_without_quoting_it() -> None:
+    pool = _pool()
+    with pytest.raises(ValueError, match="credentials") as refused:
+        async with pool.slot() as client:
+            await client.post("http://user:S3cretPassw0rd@127.0.0.1:9/v1", b"{}", timeout=5)
+    await pool.aclose()
+    assert "S3cretPassw0rd" not in str(refused.value) and "user" not in str(refused.value)
+
+
 def test_works_on_uvloop() -> None:
     # Ray's async actors and the proxy run on uvloop when it is installed.
     uvloop = pytest.importorskip("uvloop")

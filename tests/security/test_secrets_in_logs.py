@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,26 @@ async def test_the_async_path_sends_url_credentials_and_stores_none(tmp_path: Pa
         assert server.requests[0].headers["authorization"] == f"Basic {BASIC}"
     assert decision.verdict.error is not None and "401" in decision.verdict.error.message
     assert _leaks(repr(decision) + jsonl.read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.probe("secrets in logs, sinks and stores")
+async def test_failover_to_a_url_with_credentials_sends_them(tmp_path: Path) -> None:
+    # One endpoint with credentials keeps the whole list on httpx (one kind of pool per backend):
+    # the lean client would have posted to it without its Basic auth.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+    jsonl = tmp_path / "audit.jsonl"
+    with OpenAIServer(responder=_echo_credentials) as server:
+        backend = backends.served([dead, _with_password(server)], "guard", max_retries=0)
+        auditor = GuardTraceAuditor(backend)
+        guard = Guard(auditor, sinks=[JsonlSink(jsonl)], raise_on_block=False)
+        decision = await guard.acheck(Trace(query="q", response="a"))
+        await guard.aclose()
+        await auditor.aclose()
+        assert [r.headers.get("authorization") for r in server.requests] == [f"Basic {BASIC}"]
+    assert decision.verdict.error is not None and "401" in decision.verdict.error.message
+    assert _leaks(repr(decision) + repr(backend) + jsonl.read_text(encoding="utf-8")) == []
 
 
 @pytest.mark.probe("secrets in logs, sinks and stores")

@@ -8,8 +8,9 @@ onto an asyncio transport. The rest of the client (request building, the verdict
 the small share.
 
 Scope, kept narrow on purpose: ``http://`` URLs reached without a proxy (a vLLM or SGLang
-replica in the same cluster). HTTPS, proxies (``HTTP_PROXY`` and friends, which httpx honours)
-and the sync path stay on httpx; :func:`eligible` decides. Failures are raised as httpx's own
+replica in the same cluster). HTTPS, proxies (``HTTP_PROXY`` and friends, which httpx honours),
+URLs carrying credentials (httpx sends them as Basic auth) and the sync path stay on httpx;
+:func:`eligible` decides. Failures are raised as httpx's own
 exception types (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``RemoteProtocolError``),
 so retries, failover and deadlines classify them exactly as before.
 
@@ -30,7 +31,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
@@ -40,11 +41,16 @@ MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
+def _has_credentials(parts: SplitResult) -> bool:
+    # As httpx decides: a user name or a password that is not empty makes it send Basic auth.
+    return bool(parts.username or parts.password)
+
+
 def eligible(url: str) -> bool:
     """True when ``url`` can go through this client: plain HTTP, no proxy configured for it,
     no credentials in it (httpx turns those into Basic auth; this client would drop them)."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.username or parts.password:
+    if parts.scheme != "http" or not parts.hostname or _has_credentials(parts):
         return False
     proxies = urllib.request.getproxies()
     if not proxies.get("http") and not proxies.get("all"):
@@ -350,14 +356,19 @@ class AsyncHTTP11Pool:
         Raises:
             httpx.TransportError: connect failure or timeout, read timeout, a connection closed
                 without an answer, a malformed or oversized answer.
+            ValueError: ``url`` carries credentials (:func:`eligible` keeps such URLs on httpx).
         """
         parts = urlsplit(url)
+        if _has_credentials(parts):
+            # This client sends no Basic auth; posting would drop the credentials silently.
+            # The URL is not quoted: its password must not reach an error message.
+            raise ValueError("the lean HTTP client does not send URL credentials (use httpx)")
         host = parts.hostname or ""
         port = parts.port or 80
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        authority = parts.netloc.rpartition("@")[2]
+        authority = parts.netloc.rpartition("@")[2]  # without an empty userinfo ("http://@h")
         head = (
             f"POST {target} HTTP/1.1\r\nHost: {authority}\r\n{self._fixed}"
             f"Content-Length: {len(body)}\r\n\r\n"
