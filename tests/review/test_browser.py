@@ -74,7 +74,14 @@ def log_in(page: Any, url: str, name: str = "Ana") -> None:
     page.fill("input[name=name]", name)
     page.fill("input[name=token]", TOKEN)
     page.click("button[type=submit]")
-    page.wait_for_selector("nav.tabs")
+    scripted(page, "nav.tabs")
+
+
+def scripted(page: Any, selector: str) -> None:
+    """Wait for ``selector`` and for the page's deferred script (the keyboard shortcuts): keys
+    pressed before it ran would be lost, which a loaded machine made happen."""
+    page.wait_for_selector(selector)
+    page.wait_for_load_state("domcontentloaded")
 
 
 def test_list_filter_open_approve_and_the_paused_graph_finishes(page: Any, tmp_path: Path) -> None:
@@ -243,11 +250,12 @@ def test_keyboard_flow(page: Any, tmp_path: Path) -> None:
         page.keyboard.press("k")
         assert "selected" in (rows.nth(1).get_attribute("class") or "")
         page.keyboard.press("o")
-        page.wait_for_selector("#resolve")
+        scripted(page, "#resolve")
         newest_first = list(reversed(ids))
         assert page.url.split("/items/")[1].split("?")[0] == newest_first[1]
         page.keyboard.press("j")  # to the next (older) item
         page.wait_for_url(f"**/items/{newest_first[2]}**")
+        scripted(page, "#resolve")
         page.keyboard.press("a")
         page.wait_for_selector(".resolved.approved")
         page.keyboard.press("u")
