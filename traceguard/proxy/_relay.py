@@ -5,9 +5,10 @@ every stream rule (what to buffer, when to audit, what to release). The relay on
 into SDK chunks and released chunks back into bytes: a chunk that passes unchanged goes out as
 the very bytes it came in, a chunk the guard edited or made is written anew.
 
-Protocol, driven by the I/O shell (``_guarded.py``): per upstream read, :meth:`feed`; per frame,
-:meth:`on_frame` → send ``release``; if ``early`` holds traces, audit them *before* sending and
-pass the decisions to :meth:`after_early` (bytes back: send them, close the upstream, stop).
+Protocol, driven by the I/O shell (``_stream_shell.py``): per upstream read, :meth:`feed`; per
+frame, :meth:`on_frame` → send ``release``; if ``early`` holds traces, audit them *before*
+sending and pass the decisions to :meth:`after_early` (bytes back: send them, close the upstream,
+stop).
 Otherwise audit :meth:`checkpoint_traces` in the background and hand the decisions to
 :meth:`after_checkpoint` when they come (the same answer as :meth:`after_early`).
 At the end :meth:`finish`, audit :meth:`final_traces`, send :meth:`after_final`. A stream cut
