@@ -220,7 +220,26 @@ class GuardTraceAuditor(Auditor):
 
     async def aaudit_batch(self, traces: Sequence[Trace]) -> list[Verdict]:
         """Async :meth:`audit_batch`, using the backend's async methods."""
-        loaded = await asyncio.gather(*(self._aload_images(trace) for trace in traces))
+        width = self.backend.pipeline_width
+        if width is None or len(traces) <= width:
+            return await self._aaudit_lockstep(traces)
+        # A served backend gains nothing from merging calls, and a lockstep batch builds every
+        # prompt before the first answer is read and parses every answer after the last.
+        verdicts: list[Verdict | None] = [None] * len(traces)
+        pending = iter(range(len(traces)))
+
+        async def stream() -> None:
+            for index in pending:
+                verdicts[index] = (await self._aaudit_lockstep([traces[index]]))[0]
+
+        await asyncio.gather(*(stream() for _ in range(width)))
+        return [verdict for verdict in verdicts if verdict is not None]
+
+    async def _aaudit_lockstep(self, traces: Sequence[Trace]) -> list[Verdict]:
+        if len(traces) == 1:  # a task per trace costs more than loading its images
+            loaded = [await self._aload_images(traces[0])]
+        else:
+            loaded = await asyncio.gather(*(self._aload_images(trace) for trace in traces))
         scheduler = _Scheduler(
             [self._flow(trace, images) for trace, images in zip(traces, loaded, strict=True)]
         )

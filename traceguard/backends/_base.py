@@ -120,6 +120,12 @@ class ChatBackend(abc.ABC):
 
     name: str = "backend"
 
+    #: For a backend whose calls are independent requests to a server: how many to keep in
+    #: flight. An async batch larger than that is audited as that many streams of one-trace
+    #: calls, so building a request and reading an answer overlap the wait for the others.
+    #: ``None`` (a local model): a batch runs in lockstep, one merged call per step.
+    pipeline_width: int | None = None
+
     @abc.abstractmethod
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """Generate (greedily) for each request; one result per request, in order."""

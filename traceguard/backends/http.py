@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import tenacity
@@ -75,6 +76,8 @@ _log = logging.getLogger("traceguard.backends.http")
 
 _T = TypeVar("_T", Completion, TokenDistribution)
 _Reader = Callable[..., _T]
+# A request body, built when its call is about to be sent (or why it cannot be built).
+_Body = Callable[[], "bytes | AuditorError"]
 
 DEFAULT_API_KEY_ENV = "TRACEGUARD_AUDITOR_API_KEY"
 OPENAI_TOP_LOGPROBS_LIMIT = 20
@@ -193,6 +196,7 @@ class OpenAICompatibleBackend(ChatBackend):
         # behind the same kind of server never mix.
         self.name = name or f"http:{model}"
         self.max_concurrency = max_concurrency
+        self.pipeline_width = max_concurrency
         self.max_top_logprobs = max_top_logprobs
         self._extra_body = extra
         self._api_key = api_key if api_key is not None else os.environ.get(api_key_env) or None
@@ -242,7 +246,7 @@ class OpenAICompatibleBackend(ChatBackend):
 
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """Generate greedily for each request, concurrently; one result per request, in order."""
-        return self._run_batch([self._bodies(r, logprobs=None) for r in requests], read_completion)
+        return self._run_batch(self._builders(requests, logprobs=None), read_completion)
 
     def next_token_logprobs(
         self, requests: Sequence[ChatRequest], top_k: int = 20
@@ -251,22 +255,19 @@ class OpenAICompatibleBackend(ChatBackend):
 
         At most ``max_top_logprobs`` tokens come back even when ``top_k`` is larger.
         """
-        top = self._top(top_k)
-        return self._run_batch([self._bodies(r, logprobs=top) for r in requests], read_distribution)
+        builders = self._builders(requests, logprobs=self._top(top_k))
+        return self._run_batch(builders, read_distribution)
 
     async def acomplete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """Async :meth:`complete`, native: the requests share the event loop's client."""
-        return await self._arun_batch(
-            [self._bodies(r, logprobs=None) for r in requests], read_completion
-        )
+        return await self._arun_batch(self._builders(requests, logprobs=None), read_completion)
 
     async def anext_token_logprobs(
         self, requests: Sequence[ChatRequest], top_k: int = 20
     ) -> list[ScoreResult]:
         """Async :meth:`next_token_logprobs`."""
-        top = self._top(top_k)
-        bodies = [self._bodies(r, logprobs=top) for r in requests]
-        return await self._arun_batch(bodies, read_distribution)
+        builders = self._builders(requests, logprobs=self._top(top_k))
+        return await self._arun_batch(builders, read_distribution)
 
     def close(self) -> None:
         """Close the sync client and the worker threads; async clients are dropped."""
@@ -296,7 +297,13 @@ class OpenAICompatibleBackend(ChatBackend):
             raise ValueError("top_k must be at least 1")
         return min(top_k, self.max_top_logprobs)
 
-    def _bodies(self, request: ChatRequest, *, logprobs: int | None) -> bytes | AuditorError:
+    def _builders(self, requests: Sequence[ChatRequest], *, logprobs: int | None) -> list[_Body]:
+        # Bodies are built by the call that sends them, not all before the first is sent: JSON
+        # and base64 of a large batch took as long as a server round trip, and while they were
+        # being built for the whole batch no answer already back was read.
+        return [functools.partial(self._body, request, logprobs=logprobs) for request in requests]
+
+    def _body(self, request: ChatRequest, *, logprobs: int | None) -> bytes | AuditorError:
         try:
             if logprobs is None:
                 body = chat_body(request, model=self.model, extra_body=self._extra_body)
@@ -396,21 +403,18 @@ class OpenAICompatibleBackend(ChatBackend):
                 )
             return self._executor
 
-    def _run_batch(
-        self, bodies: Sequence[bytes | AuditorError], reader: _Reader[_T]
-    ) -> list[_T | AuditorError]:
+    def _run_batch(self, bodies: Sequence[_Body], reader: _Reader[_T]) -> list[_T | AuditorError]:
         if self._closed:
             return [self._closed_error() for _ in bodies]
         # One deadline for the whole call, taken now: worker threads do not inherit context.
         deadline = time.monotonic() + self._deadline_s
         if len(bodies) <= 1:
-            return [self._one(body, reader, deadline) for body in bodies]
+            return [self._one(build, reader, deadline) for build in bodies]
         executor = self._sync_executor()
-        return list(executor.map(lambda body: self._one(body, reader, deadline), bodies))
+        return list(executor.map(lambda build: self._one(build, reader, deadline), bodies))
 
-    def _one(
-        self, body: bytes | AuditorError, reader: _Reader[_T], deadline: float
-    ) -> _T | AuditorError:
+    def _one(self, build: _Body, reader: _Reader[_T], deadline: float) -> _T | AuditorError:
+        body = build()
         if isinstance(body, AuditorError):
             return body
         started = time.perf_counter()
@@ -481,16 +485,27 @@ class OpenAICompatibleBackend(ChatBackend):
             return exc
 
     async def _arun_batch(
-        self, bodies: Sequence[bytes | AuditorError], reader: _Reader[_T]
+        self, bodies: Sequence[_Body], reader: _Reader[_T]
     ) -> list[_T | AuditorError]:
         if self._closed:
             return [self._closed_error() for _ in bodies]
         deadline = time.monotonic() + self._deadline_s
-        return list(await asyncio.gather(*(self._aone(body, reader, deadline) for body in bodies)))
+        if len(bodies) == 1:
+            return [await self._aone(bodies[0], reader, deadline)]
+        results: list[_T | AuditorError | None] = [None] * len(bodies)
+        pending = iter(range(len(bodies)))
 
-    async def _aone(
-        self, body: bytes | AuditorError, reader: _Reader[_T], deadline: float
-    ) -> _T | AuditorError:
+        # As many workers as slots, each building, sending and reading one call after another:
+        # a task per call would build every body of the batch before reading the first answer.
+        async def worker() -> None:
+            for index in pending:
+                results[index] = await self._aone(bodies[index], reader, deadline)
+
+        await asyncio.gather(*(worker() for _ in range(min(len(bodies), self.max_concurrency))))
+        return cast("list[_T | AuditorError]", results)  # every index was filled
+
+    async def _aone(self, build: _Body, reader: _Reader[_T], deadline: float) -> _T | AuditorError:
+        body = build()
         if isinstance(body, AuditorError):
             return body
         started = time.perf_counter()
