@@ -1,4 +1,5 @@
-"""The auditor part of :class:`~traceguard.config.GuardConfig`: auditors and their backends.
+"""The auditor part of :class:`~traceguard.config.GuardConfig`: one spec per auditor, tagged by
+``kind`` (their backends are ``_config_backends``, the shared fields ``_config_fields``).
 
 Each spec mirrors one constructor (same names, same defaults) and builds it with ``build()``.
 Auditors and backends never import this module; it imports them only inside ``build()``, so
@@ -7,303 +8,29 @@ reading a configuration needs neither torch nor a network.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    Tag,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Discriminator, Field, PositiveInt, Tag, field_validator, model_validator
 
-from traceguard._exceptions import ConfigurationError
+from traceguard._config_backends import BackendSpec
+from traceguard._config_fields import DirectoryPath, FilePath, ModelRef, Spec
 
 if TYPE_CHECKING:
     from traceguard._auditor import Auditor
     from traceguard._images import ImageAccess
-    from traceguard.backends import ChatBackend
 
 __all__ = [
     "AuditorSpec",
-    "BackendSpec",
     "BaselineSpec",
     "GuardTraceSpec",
     "HoliSafeSpec",
     "LlavaGuardSpec",
-    "LocalBackendSpec",
     "PromptFiles",
     "SafeGuardSpec",
-    "ServedBackendSpec",
     "SingleAuditorSpec",
     "StagedSpec",
-    "env_headers",
-    "refuse_inline_secret",
-    "resolve_path",
-    "url_without_secrets",
 ]
-
-DEFAULT_API_KEY_ENV = "TRACEGUARD_AUDITOR_API_KEY"
-"""The environment variable a served backend reads its API key from unless told otherwise."""
-
-
-class Spec(BaseModel):
-    """Base of every configuration section.
-
-    Frozen, so a spec shared by threads (or shipped to workers) cannot change under them; extra
-    keys are refused, so a typo (``max_new_token: 50``) is an error, never a setting silently
-    ignored.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# -- paths and secrets ------------------------------------------------------------------------
-
-
-def _base_dir(info: ValidationInfo) -> Path:
-    context = info.context if isinstance(info.context, dict) else {}
-    base = context.get("base_dir")
-    return Path(base) if base is not None else Path.cwd()
-
-
-def resolve_path(value: Path, info: ValidationInfo) -> Path:
-    """Relative paths are taken relative to the configuration file's folder; ``~`` expands."""
-    path = value.expanduser()
-    return path if path.is_absolute() else (_base_dir(info) / path).resolve()
-
-
-def _existing_file(value: Path, info: ValidationInfo) -> Path:
-    path = resolve_path(value, info)
-    if not path.is_file():
-        raise ValueError(f"file not found: {path}")
-    return path
-
-
-def _model_ref(value: str, info: ValidationInfo) -> str:
-    """A checkpoint folder becomes absolute; a hub id (``org/name``) stays as written."""
-    if not value.strip():
-        raise ValueError("the model must not be empty")
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return str(path)
-    candidate = _base_dir(info) / path
-    if value.startswith((".", "~")) or candidate.exists():
-        return str(candidate.resolve())
-    return value
-
-
-def _existing_dir(value: Path, info: ValidationInfo) -> Path:
-    path = resolve_path(value, info)
-    if not path.is_dir():
-        raise ValueError(f"folder not found: {path}")
-    return path
-
-
-FilePath = Annotated[Path, AfterValidator(_existing_file)]
-"""A file that must exist when the configuration is loaded."""
-DirectoryPath = Annotated[Path, AfterValidator(_existing_dir)]
-"""A folder that must exist when the configuration is loaded."""
-ResolvedPath = Annotated[Path, AfterValidator(resolve_path)]
-"""A path made absolute against the configuration file's folder."""
-ModelRef = Annotated[str, AfterValidator(_model_ref)]
-"""A local checkpoint folder (made absolute) or a model hub id."""
-EnvName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-"""The name of an environment variable."""
-
-
-def url_without_secrets(url: str, *, where: str) -> str:
-    """Refuse URLs carrying credentials: a configuration file is not a place for secrets."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"expected an http(s) URL, not {url!r}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(
-            f"the {where} URL carries credentials; put them in an environment variable instead"
-        )
-    if parts.query:
-        raise ValueError(
-            f"the {where} URL has a query string, which often carries a token; "
-            "put the URL in an environment variable instead"
-        )
-    return url
-
-
-def env_headers(names: dict[str, str], *, what: str) -> dict[str, str]:
-    """Header values read from the environment variables ``names`` maps header names to."""
-    headers = {}
-    for header, variable in names.items():
-        value = os.environ.get(variable)
-        if not value:
-            raise ConfigurationError(
-                f"{what}: header {header!r} reads the environment variable {variable}, "
-                "which is not set"
-            )
-        headers[header] = value
-    return headers
-
-
-def refuse_inline_secret(field: str, instead: str) -> ValueError:
-    """The error for a credential-bearing key written into the file."""
-    return ValueError(
-        f"{field} may hold credentials and is never read from the file: {instead} "
-        "(the configuration is shipped to workers and shown in logs)"
-    )
-
-
-# -- backends ---------------------------------------------------------------------------------
-
-
-class LocalBackendSpec(Spec):
-    """The model runs in this process with transformers (``traceguard.backends.local``)."""
-
-    kind: Literal["local"] = "local"
-    model: ModelRef
-    """Checkpoint folder (relative to the configuration file) or hub id."""
-    device: str = "cpu"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    attn_implementation: str | None = None
-    min_pixels: PositiveInt | None = None
-    max_pixels: PositiveInt | None = None
-    max_input_tokens: int = Field(default=8192, ge=16)
-    batch_size: PositiveInt = 8
-    trust_remote_code: bool = False
-    model_class: str | None = None
-    """The transformers class to load (default: by the checkpoint; LLaVA-OneVision for
-    LlavaGuard)."""
-    name: str | None = None
-    prefix_cache_tokens: int = Field(default=8192, ge=0)
-    """Key/value cache kept for prompts that extend a recent one (a stream's checkpoints)."""
-
-    def build(self, *, default_model_class: str | None = None) -> ChatBackend:
-        """The backend (loads nothing until the first call)."""
-        from traceguard import backends
-
-        return backends.local(
-            self.model,
-            name=self.name,
-            device=self.device,
-            dtype=self.dtype,
-            attn_implementation=self.attn_implementation,
-            min_pixels=self.min_pixels,
-            max_pixels=self.max_pixels,
-            max_input_tokens=self.max_input_tokens,
-            batch_size=self.batch_size,
-            trust_remote_code=self.trust_remote_code,
-            model_class=self.model_class or default_model_class,
-            prefix_cache_tokens=self.prefix_cache_tokens,
-        )
-
-
-class ServedBackendSpec(Spec):
-    """The model is served behind an OpenAI-compatible API (``traceguard.backends.served``).
-
-    Give ``base_url`` or ``endpoints`` (several URLs in priority order, with failover). The API
-    key is read from the environment variable ``api_key_env`` when the backend is built; it never
-    appears in the file.
-    """
-
-    kind: Literal["served"] = "served"
-    base_url: str | None = None
-    endpoints: tuple[str, ...] | None = None
-    model: str = Field(min_length=1)
-    """The served model name."""
-    api_key_env: EnvName = DEFAULT_API_KEY_ENV
-    headers_from_env: dict[str, EnvName] = Field(default_factory=dict)
-    """Extra HTTP headers, each read from the environment variable named here."""
-    timeout: PositiveFloat = 120.0
-    """Deadline of one auditor call, connect to last byte, retries included."""
-    attempt_timeout: PositiveFloat | None = None
-    connect_timeout: PositiveFloat = 5.0
-    max_retries: NonNegativeInt = 3
-    max_concurrency: PositiveInt = 16
-    extra_body: dict[str, Any] | None = None
-    name: str | None = None
-    backoff_s: NonNegativeFloat = 0.5
-    max_backoff_s: NonNegativeFloat = 8.0
-    max_retry_after_s: NonNegativeFloat = 60.0
-    cooldown_s: NonNegativeFloat = 10.0
-    retry_read_timeouts: bool = False
-    max_top_logprobs: PositiveInt = 20
-    api_key: None = Field(default=None, exclude=True, repr=False)
-    headers: None = Field(default=None, exclude=True, repr=False)
-
-    @field_validator("api_key", mode="before")
-    @classmethod
-    def _no_inline_key(cls, value: object) -> None:
-        raise refuse_inline_secret("api_key", "name its environment variable in api_key_env")
-
-    @field_validator("headers", mode="before")
-    @classmethod
-    def _no_inline_headers(cls, value: object) -> None:
-        raise refuse_inline_secret("headers", "use headers_from_env")
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str | None) -> str | None:
-        return url_without_secrets(value, where="auditor") if value is not None else None
-
-    @field_validator("endpoints")
-    @classmethod
-    def _check_endpoints(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("endpoints must list at least one URL")
-        return tuple(url_without_secrets(url, where="auditor") for url in value)
-
-    @model_validator(mode="after")
-    def _one_address(self) -> ServedBackendSpec:
-        if (self.base_url is None) == (self.endpoints is None):
-            raise ValueError("give either base_url or endpoints (a list of URLs), not both")
-        return self
-
-    @property
-    def urls(self) -> list[str]:
-        """The endpoints in priority order."""
-        return [self.base_url] if self.base_url is not None else list(self.endpoints or ())
-
-    def build(self, *, default_model_class: str | None = None) -> ChatBackend:
-        """The backend (connects on the first call)."""
-        from traceguard import backends
-
-        headers = env_headers(self.headers_from_env, what="served backend")
-        return backends.served(
-            self.urls,
-            self.model,
-            name=self.name,
-            api_key_env=self.api_key_env,
-            headers=headers or None,
-            timeout=self.timeout,
-            attempt_timeout=self.attempt_timeout,
-            connect_timeout=self.connect_timeout,
-            max_retries=self.max_retries,
-            max_concurrency=self.max_concurrency,
-            extra_body=self.extra_body,
-            backoff_s=self.backoff_s,
-            max_backoff_s=self.max_backoff_s,
-            max_retry_after_s=self.max_retry_after_s,
-            cooldown_s=self.cooldown_s,
-            retry_read_timeouts=self.retry_read_timeouts,
-            max_top_logprobs=self.max_top_logprobs,
-        )
-
-
-BackendSpec = Annotated[LocalBackendSpec | ServedBackendSpec, Field(discriminator="kind")]
-
-
-# -- auditors ---------------------------------------------------------------------------------
 
 
 class PromptFiles(Spec):

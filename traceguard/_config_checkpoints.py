@@ -19,7 +19,8 @@ from typing import Literal
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from traceguard._checkpoints import AuditSchedule
-from traceguard._config_auditors import AuditorSpec, Spec
+from traceguard._config_auditors import AuditorSpec
+from traceguard._config_fields import Spec
 from traceguard._exceptions import ConfigurationError
 from traceguard._images import ImageAccess
 

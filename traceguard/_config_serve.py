@@ -44,7 +44,7 @@ from pydantic import (
     model_validator,
 )
 
-from traceguard._config_auditors import (
+from traceguard._config_fields import (
     EnvName,
     ResolvedPath,
     Spec,

@@ -56,26 +56,26 @@ from pydantic import (
 
 from traceguard._config_auditors import (
     AuditorSpec,
-    BackendSpec,
     BaselineSpec,
-    EnvName,
     GuardTraceSpec,
     HoliSafeSpec,
     LlavaGuardSpec,
-    LocalBackendSpec,
     PromptFiles,
-    ResolvedPath,
     SafeGuardSpec,
-    ServedBackendSpec,
     SingleAuditorSpec,
-    Spec,
     StagedSpec,
+)
+from traceguard._config_backends import BackendSpec, LocalBackendSpec, ServedBackendSpec
+from traceguard._config_checkpoints import CheckpointsSpec
+from traceguard._config_fields import (
+    EnvName,
+    ResolvedPath,
+    Spec,
     env_headers,
     refuse_inline_secret,
     resolve_path,
     url_without_secrets,
 )
-from traceguard._config_checkpoints import CheckpointsSpec
 from traceguard._config_files import ConfigDocument, describe_validation_error, read_document
 from traceguard._config_serve import ServeSpec
 from traceguard._exceptions import ConfigurationError

@@ -23,14 +23,8 @@ from traceguard import (
     TransformersBackend,
     backends,
 )
-from traceguard._config_auditors import (
-    GuardTraceSpec,
-    HoliSafeSpec,
-    LlavaGuardSpec,
-    LocalBackendSpec,
-    SafeGuardSpec,
-    ServedBackendSpec,
-)
+from traceguard._config_auditors import GuardTraceSpec, HoliSafeSpec, LlavaGuardSpec, SafeGuardSpec
+from traceguard._config_backends import LocalBackendSpec, ServedBackendSpec
 from traceguard.testing.openai_server import (
     OpenAIServer,
     RecordedRequest,

@@ -13,7 +13,8 @@ import os
 
 import httpx
 
-from traceguard._config_auditors import ServedBackendSpec, StagedSpec
+from traceguard._config_auditors import StagedSpec
+from traceguard._config_backends import ServedBackendSpec
 from traceguard.config import GuardConfig
 
 __all__ = ["auditor_reachable", "served_backends"]

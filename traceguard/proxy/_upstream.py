@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable
 from urllib.parse import quote, quote_from_bytes, urlsplit
 
-from traceguard._config_auditors import env_headers
+from traceguard._config_fields import env_headers
 from traceguard._config_serve import UpstreamSpec
 from traceguard._exceptions import ConfigurationError
 
