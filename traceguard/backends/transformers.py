@@ -29,86 +29,52 @@ Audited text is hostile: strings that spell the model's control tokens (``<|im_e
 forge an assistant answer (:mod:`traceguard.backends._defuse`). Loading, the lock and the
 stop tokens are the torch runtime shared with the HoliSafe head
 (:mod:`traceguard.backends._torch_runtime`).
+
+This module holds the backend's calls, batching and prefix-cache routing; loading a checkpoint is
+``_transformers_load``, a request as a prompt ``_transformers_prompt``, generation
+``_transformers_generate``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import re
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from traceguard._exceptions import (
     AuditorError,
-    AuditorResponseError,
     AuditorUnavailable,
     ConfigurationError,
 )
-from traceguard._version import install_hint
 from traceguard.backends._base import (
     ChatBackend,
-    ChatMessage,
     ChatRequest,
     ChatResult,
-    Completion,
     ImagePart,
     ScoreResult,
-    TextPart,
     TokenDistribution,
 )
-from traceguard.backends._defuse import (
-    GENERIC_CONTROL_TOKENS,
-    control_token_pattern,
-    defuse_control_tokens,
-)
 from traceguard.backends._prefix_cache import PrefixCache, PrefixCacheStats, score_with_prefix
-from traceguard.backends._qwen_prompt import cut_user_text, vision_ids
-from traceguard.backends._qwen_vision import prepare_for_model
 from traceguard.backends._shared_prefill import ScoreGroup, group_shared_prefills, score_groups
 from traceguard.backends._torch_runtime import (
     Lazy,
-    LoadedModel,
     as_auditor_error,
     check_dtype,
     require_torch,
-    torch_dtype,
+)
+from traceguard.backends._transformers_generate import generate
+from traceguard.backends._transformers_load import LocalRuntime, load_runtime
+from traceguard.backends._transformers_prompt import (
+    Prepared,
+    VisionCache,
+    encode,
+    prepare_request,
 )
 
 __all__ = ["TransformersBackend"]
 
 
-@dataclass
-class _Runtime(LoadedModel):
-    """Everything loaded from the checkpoint."""
-
-    control_tokens: re.Pattern[str] = GENERIC_CONTROL_TOKENS
-    model_type: str = "qwen2_5_vl"
-    """``config.model_type``: decides how images are prepared (Qwen pre-resize or none)."""
-    vision_ids: frozenset[int] = frozenset()
-    """Placeholder tokens the processor expands per image; a shared tail must not hold any."""
-
-
-@dataclass
-class _Prepared:
-    """One request rendered and measured, ready to be batched."""
-
-    text: str
-    images: list[Any]
-    prompt_tokens: int
-    truncated: bool
-    max_new_tokens: int
-    text_ids: list[int]
-    """Token ids of ``text`` before the processor expands each image placeholder."""
-
-
-_VisionCache = dict[tuple[ChatMessage, ...], tuple[list[Any], int]]
-"""Per call: resized images and their extra token count, by message list (score mode asks for
-several prefixes of one conversation; its images are processed once)."""
-
-_ScoreGroup = ScoreGroup[_Prepared]
+_ScoreGroup = ScoreGroup[Prepared]
 
 
 _Unit = TypeVar("_Unit")
@@ -226,55 +192,22 @@ class TransformersBackend(ChatBackend):
         """What the prefix cache saved so far (all zero when it is off)."""
         return self._prefixes.stats if self._prefixes is not None else PrefixCacheStats()
 
-    def _ensure_loaded(self) -> _Runtime:
+    def _ensure_loaded(self) -> LocalRuntime:
         return self._runtime.get()
 
-    def _load(self) -> _Runtime:
-        import torch
-        import transformers
-
-        from traceguard.backends._qwen_processor import load_processor
-
-        class_name = self.model_class or "Qwen2_5_VLForConditionalGeneration"
-        model_cls = getattr(transformers, class_name, None)
-        if model_cls is None:
-            raise ConfigurationError(f"transformers has no model class {class_name!r}")
-        kwargs: dict[str, Any] = {
-            "dtype": torch_dtype(torch, self.dtype, self.device),
-            "trust_remote_code": self.trust_remote_code,
-        }
-        if self.attn_implementation is not None:
-            kwargs["attn_implementation"] = self.attn_implementation
-        if self.device == "auto":
-            if importlib.util.find_spec("accelerate") is None:
-                raise ConfigurationError(f"device='auto' needs accelerate: {install_hint('local')}")
-            kwargs["device_map"] = "auto"
-        try:
-            model = model_cls.from_pretrained(self.model_path, **kwargs)
-            processor, chat_template = load_processor(
-                self.model_path,
-                trust_remote_code=self.trust_remote_code,
-                min_pixels=self.min_pixels,
-                max_pixels=self.max_pixels,
-            )
-            if self.device != "auto":
-                model = model.to(self.device)
-        # Anything from a missing file to a shape mismatch or an absent CUDA device: all of it
-        # means this checkpoint cannot be served as configured.
-        except Exception as exc:
-            raise ConfigurationError(f"cannot load {self.model_path!r}: {exc}") from exc
-        tokenizer = processor.tokenizer
-        return _Runtime.ready(
-            torch=torch,
-            model=model,
-            processor=processor,
-            chat_template=chat_template,
-            control_tokens=_control_token_pattern(tokenizer),
-            vision_ids=vision_ids(tokenizer),
-            model_type=str(getattr(model.config, "model_type", "")),
+    def _load(self) -> LocalRuntime:
+        return load_runtime(
+            self.model_path,
+            model_class=self.model_class,
+            dtype=self.dtype,
+            device=self.device,
+            attn_implementation=self.attn_implementation,
+            trust_remote_code=self.trust_remote_code,
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
         )
 
-    def _runtime_or_errors(self, n: int) -> _Runtime | list[AuditorError]:
+    def _runtime_or_errors(self, n: int) -> LocalRuntime | list[AuditorError]:
         try:
             return self._ensure_loaded()
         except ConfigurationError as exc:
@@ -309,7 +242,7 @@ class TransformersBackend(ChatBackend):
             groups = group_shared_prefills(requests, ready, runtime.vision_ids)
             alone, batched = self._prefix_cached(requests, groups)
 
-            def score(rt: _Runtime, batch: list[_ScoreGroup]) -> list[list[TokenDistribution]]:
+            def score(rt: LocalRuntime, batch: list[_ScoreGroup]) -> list[list[TokenDistribution]]:
                 inputs = self._encode(rt, [group.prepared for group in batch])
                 return score_groups(rt, inputs, batch, top_k, model_name=self.name)
 
@@ -350,7 +283,7 @@ class TransformersBackend(ChatBackend):
         return alone, batched
 
     def _score_cached(
-        self, rt: _Runtime, requests: Sequence[ChatRequest], group: _ScoreGroup, top_k: int
+        self, rt: LocalRuntime, requests: Sequence[ChatRequest], group: _ScoreGroup, top_k: int
     ) -> list[TokenDistribution]:
         assert self._prefixes is not None
         return score_with_prefix(
@@ -367,9 +300,9 @@ class TransformersBackend(ChatBackend):
 
     def _run(
         self,
-        runtime: _Runtime,
+        runtime: LocalRuntime,
         requests: Sequence[ChatRequest],
-        step: Callable[[_Runtime, list[_Prepared]], list[ChatResult]],
+        step: Callable[[LocalRuntime, list[Prepared]], list[ChatResult]],
     ) -> list[ChatResult]:
         """Prepare every request and run ``step`` on them, ``batch_size`` at a time."""
         results: list[ChatResult | None] = [None] * len(requests)
@@ -380,11 +313,11 @@ class TransformersBackend(ChatBackend):
         return _filled(results)
 
     def _prepare_all(
-        self, runtime: _Runtime, requests: Sequence[ChatRequest], results: list[Any]
-    ) -> list[tuple[int, _Prepared]]:
+        self, runtime: LocalRuntime, requests: Sequence[ChatRequest], results: list[Any]
+    ) -> list[tuple[int, Prepared]]:
         """The requests that could be prepared; the others get their error in ``results``."""
-        ready: list[tuple[int, _Prepared]] = []
-        vision: _VisionCache = {}
+        ready: list[tuple[int, Prepared]] = []
+        vision: VisionCache = {}
         for i, request in enumerate(requests):
             try:
                 ready.append((i, self._prepare(runtime, request, vision)))
@@ -394,9 +327,9 @@ class TransformersBackend(ChatBackend):
 
     def _in_batches(
         self,
-        runtime: _Runtime,
+        runtime: LocalRuntime,
         units: list[_Unit],
-        step: Callable[[_Runtime, list[_Unit]], list[_Out]],
+        step: Callable[[LocalRuntime, list[_Unit]], list[_Out]],
     ) -> list[_Out | AuditorError]:
         """``step`` over ``batch_size`` units at a time; a failing batch is retried one by one."""
         outputs: list[_Out | AuditorError] = []
@@ -416,130 +349,24 @@ class TransformersBackend(ChatBackend):
     # -- preparing one request ----------------------------------------------------------------
 
     def _prepare(
-        self, rt: _Runtime, request: ChatRequest, vision: _VisionCache | None = None
-    ) -> _Prepared:
-        if request.max_new_tokens < 1:
-            raise AuditorError("max_new_tokens must be at least 1")
-        messages: list[dict[str, Any]] = []
-        refs = []
-        for message in request.messages:
-            content: list[dict[str, Any]] = []
-            for part in message.content:
-                if isinstance(part, TextPart):
-                    text = defuse_control_tokens(part.text, rt.control_tokens)
-                    content.append({"type": "text", "text": text})
-                elif isinstance(part, ImagePart):
-                    content.append({"type": "image"})
-                    refs.append(part.image)
-            messages.append({"role": message.role, "content": content})
-        prefix = request.assistant_prefix or ""
-
-        def render() -> str:
-            text: str = rt.tokenizer.apply_chat_template(
-                messages, chat_template=rt.chat_template, tokenize=False, add_generation_prompt=True
-            )
-            return text + prefix
-
-        text = render()
-        ids = self._ids(rt, text)
-        cached = vision.get(request.messages) if vision is not None else None
-        if cached is None:
-            images = prepare_for_model(
-                [ref.to_pil() for ref in refs],
-                rt.model_type,
-                min_pixels=self.min_pixels,
-                max_pixels=self.max_pixels,
-            )
-            encoded = rt.processor(text=[text], images=images or None, return_tensors="pt")
-            # Image placeholders expand to many tokens; the offset depends on the images only,
-            # so it stays fixed while the text shrinks and across assistant prefixes.
-            image_overhead = int(encoded["input_ids"].shape[1]) - len(ids)
-            if vision is not None:
-                vision[request.messages] = (images, image_overhead)
-        else:
-            images, image_overhead = cached
-        total = len(ids) + image_overhead
-        truncated = False
-        for _ in range(8):
-            if total <= self.max_input_tokens:
-                break
-            if not cut_user_text(rt, messages, total - self.max_input_tokens):
-                raise AuditorError(
-                    f"prompt needs {total} tokens, over max_input_tokens={self.max_input_tokens}, "
-                    "even with the user text cut"
-                )
-            truncated = True
-            text = render()
-            ids = self._ids(rt, text)
-            total = len(ids) + image_overhead
-        if total > self.max_input_tokens:
-            raise AuditorError(f"could not cut the prompt to {self.max_input_tokens} tokens")
-        return _Prepared(text, images, total, truncated, request.max_new_tokens, ids)
-
-    @staticmethod
-    def _ids(rt: _Runtime, text: str) -> list[int]:
-        ids: list[int] = rt.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids
+        self, rt: LocalRuntime, request: ChatRequest, vision: VisionCache | None = None
+    ) -> Prepared:
+        return prepare_request(
+            rt,
+            request,
+            vision,
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
+            max_input_tokens=self.max_input_tokens,
+        )
 
     # -- running a batch ----------------------------------------------------------------------
 
-    def _encode(self, rt: _Runtime, batch: list[_Prepared]) -> Any:
-        images = [image for p in batch for image in p.images]
-        inputs = rt.processor(
-            text=[p.text for p in batch],
-            images=images or None,
-            padding=True,
-            return_tensors="pt",
-        )
-        return inputs.to(rt.device)
+    def _encode(self, rt: LocalRuntime, batch: list[Prepared]) -> Any:
+        return encode(rt, batch)
 
-    def _generate(self, rt: _Runtime, batch: list[_Prepared]) -> list[ChatResult]:
-        torch = rt.torch
-        started = time.perf_counter()
-        inputs = self._encode(rt, batch)
-        prompt_len = int(inputs["input_ids"].shape[1])
-        with torch.inference_mode():
-            output = rt.model.generate(
-                **inputs,
-                max_new_tokens=max(p.max_new_tokens for p in batch),
-                do_sample=False,
-                num_beams=1,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=rt.pad_id,
-                eos_token_id=sorted(rt.eos_ids) or None,
-            )
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        results: list[ChatResult] = []
-        stops = rt.eos_ids | {rt.pad_id}
-        for row, prepared in zip(output[:, prompt_len:].tolist(), batch, strict=True):
-            own = row[: prepared.max_new_tokens]
-            if not any(token in stops for token in own):
-                # No end-of-sequence token: the output stopped at max_new_tokens, not where the
-                # model ended it. A text cut right after "Judgment: 0" would read as safe when
-                # the model was writing "0.5" (the HTTP backend's finish_reason "length").
-                results.append(
-                    AuditorResponseError(
-                        f"the auditor's output was cut at max_new_tokens={prepared.max_new_tokens}"
-                        f" ({len(own)} tokens generated, no end-of-sequence token); raise "
-                        "max_new_tokens"
-                    )
-                )
-                continue
-            new_tokens = _until_eos(own, rt.eos_ids)
-            text = rt.tokenizer.decode(new_tokens, skip_special_tokens=True)
-            results.append(
-                Completion(
-                    text=text,
-                    latency_ms=latency_ms,
-                    model=self.name,
-                    prompt_tokens=prepared.prompt_tokens,
-                    completion_tokens=len(new_tokens),
-                    truncated=prepared.truncated,
-                )
-            )
-        return results
+    def _generate(self, rt: LocalRuntime, batch: list[Prepared]) -> list[ChatResult]:
+        return generate(rt, batch, model_name=self.name)
 
 
 def _image_key(request: ChatRequest) -> tuple[str, ...]:
@@ -556,17 +383,3 @@ def _filled(results: list[Any]) -> list[Any]:
     if any(result is None for result in results):
         raise RuntimeError("a request was left without a result")  # a bug, not auditor trouble
     return results
-
-
-def _until_eos(tokens: list[int], eos_ids: frozenset[int]) -> list[int]:
-    for i, token in enumerate(tokens):
-        if token in eos_ids:
-            return tokens[: i + 1]
-    return tokens
-
-
-def _control_token_pattern(tokenizer: Any) -> re.Pattern[str]:
-    """Every added/special token the tokenizer would turn into an id, plus the generic shapes."""
-    tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    tokens |= set(tokenizer.get_added_vocab())
-    return control_token_pattern(tokens)
