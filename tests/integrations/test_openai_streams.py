@@ -10,12 +10,12 @@ import gc
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from _openai_support import call
 
 from traceguard import Action, Blocked, Escalated, ReviewQueue, Stage, Trace
 from traceguard._guard import Guard
@@ -32,41 +32,6 @@ from traceguard.testing.openai_server import (
 )
 
 USER = [{"role": "user", "content": "Tell me a story."}]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def _fresh(server: OpenAIServer) -> Iterator[None]:
-    server.reset()
-    yield
-    assert not server.unexpected, "a request found no scripted answer"
-
-
-@pytest.fixture(params=["sync", "async"])
-def flavor(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def client(server: OpenAIServer, flavor: str) -> AsyncIterator[Any]:
-    if flavor == "sync":
-        sync = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-        yield sync
-        sync.close()
-    else:
-        async_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-        yield async_client
-        await async_client.close()
-
-
-async def call(method: Any, **kwargs: Any) -> Any:
-    result = method(**kwargs)
-    return await result if inspect.isawaitable(result) else result
 
 
 async def drain(stream: Any, received: list[Any] | None = None) -> list[Any]:

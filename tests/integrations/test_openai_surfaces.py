@@ -10,13 +10,13 @@ derived clients, strict mode and the decisions on results are covered here; plai
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
+from _openai_support import call
 from openai.types.chat import ParsedChatCompletion
 from openai.types.responses import ParsedResponse
 from pydantic import BaseModel
@@ -55,41 +55,6 @@ def grade(trace: Trace) -> Step:
     if HARM in seen:
         return Step(risk=1.0)
     return Step(risk=0.5 if "RISKY" in (trace.thinking or "") else 0.0)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def _fresh(server: OpenAIServer) -> Iterator[None]:
-    server.reset()
-    yield
-    assert not server.unexpected, "a request found no scripted answer"
-
-
-@pytest.fixture(params=["sync", "async"])
-def flavor(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def client(server: OpenAIServer, flavor: str) -> AsyncIterator[Any]:
-    if flavor == "sync":
-        sync = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-        yield sync
-        sync.close()
-    else:
-        async_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-        yield async_client
-        await async_client.close()
-
-
-async def call(method: Any, *args: Any, **kwargs: Any) -> Any:
-    result = method(*args, **kwargs)
-    return await result if inspect.isawaitable(result) else result
 
 
 def guarded(client: Any, **options: Any) -> ScriptedAuditor:

@@ -8,13 +8,13 @@ reasoning that led to it, and the tool function records that it never ran.
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import openai
 import pytest
+from _openai_support import call
 
 from traceguard import (
     Action,
@@ -81,41 +81,6 @@ class Bank:
     async def awire_money(self, to: str, amount: float) -> str:
         self.wires.append((to, amount))
         return f"wired {amount} to {to}"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def _fresh(server: OpenAIServer) -> Iterator[None]:
-    server.reset()
-    yield
-    assert not server.unexpected, "a request found no scripted answer"
-
-
-@pytest.fixture(params=["sync", "async"])
-def flavor(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def client(server: OpenAIServer, flavor: str) -> AsyncIterator[Any]:
-    if flavor == "sync":
-        sync = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-        yield sync
-        sync.close()
-    else:
-        async_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-        yield async_client
-        await async_client.close()
-
-
-async def call(method: Any, *args: Any, **kwargs: Any) -> Any:
-    result = method(*args, **kwargs)
-    return await result if inspect.isawaitable(result) else result
 
 
 async def review_of(guard: Guard, result: Any, **kwargs: Any) -> ToolCallReview:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import base64
 import inspect
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
 import pytest
+from _openai_support import call
 
 from traceguard import Action, Blocked, ConfigurationError, Escalated, Trace
 from traceguard._guard import Guard
@@ -38,42 +38,6 @@ class ListSink(Sink):
 
     def emit(self, record: AuditRecord) -> None:
         self.records.append(record)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def _fresh(server: OpenAIServer) -> Iterator[None]:
-    server.reset()
-    yield
-    assert not server.unexpected, "a request found no scripted answer"
-
-
-@pytest.fixture(params=["sync", "async"])
-def flavor(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def client(server: OpenAIServer, flavor: str) -> AsyncIterator[Any]:
-    if flavor == "sync":
-        sync = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-        yield sync
-        sync.close()
-    else:
-        async_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-        yield async_client
-        await async_client.close()
-
-
-async def call(method: Any, **kwargs: Any) -> Any:
-    """Call a sync or async SDK method the same way."""
-    result = method(**kwargs)
-    return await result if inspect.isawaitable(result) else result
 
 
 def guarded(
