@@ -22,10 +22,10 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from _local_common import no_early_stop
 
 from traceguard import ImageRef, PromptSet, Trace, build_guardtrace_request
 from traceguard.backends import ChatRequest, Completion
@@ -70,23 +70,6 @@ def guardtrace_requests(max_new_tokens: int) -> list[ChatRequest]:
             build_guardtrace_request(trace, prompts, images=images, max_new_tokens=max_new_tokens)
         )
     return requests
-
-
-@contextmanager
-def no_early_stop(backend: TransformersBackend) -> Iterator[None]:
-    """Mask end-of-sequence so every request generates its full budget (benchmark only)."""
-    tokenizer = backend.processor.tokenizer
-    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-
-    def mask(module: Any, args: Any, output: Any) -> Any:
-        output.logits[:, -1, stop_ids] = -1e9
-        return output
-
-    handle = backend.model.register_forward_hook(mask)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _timed(backend: TransformersBackend, batches: list[list[ChatRequest]]) -> float:

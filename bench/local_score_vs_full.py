@@ -38,6 +38,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from _local_common import no_early_stop
+
 from traceguard import ImageRef, Trace
 from traceguard.auditors.guardtrace import GuardTraceAuditor
 from traceguard.backends.transformers import TransformersBackend
@@ -71,23 +73,6 @@ def traces() -> list[Trace]:
         )
         for i, size in enumerate(sizes)
     ]
-
-
-@contextmanager
-def no_early_stop(backend: TransformersBackend) -> Iterator[None]:
-    """Mask end-of-sequence so full mode decodes its whole budget (benchmark only)."""
-    tokenizer = backend.processor.tokenizer
-    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-
-    def mask(module: Any, args: Any, output: Any) -> Any:
-        output.logits[:, -1, stop_ids] = -1e9
-        return output
-
-    handle = backend.model.register_forward_hook(mask)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _per_trace_ms(auditor: GuardTraceAuditor, batch: list[Trace], repeats: int) -> float:

@@ -31,13 +31,13 @@ import io
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from _audit_common import loopback_server
 
 from traceguard import AuditStatus, ImageRef, Trace
 from traceguard.auditors.guardtrace import GuardTraceAuditor
@@ -75,23 +75,8 @@ def _server(delay_s: float, in_process: bool) -> Iterator[str]:
         with OpenAIServer(fixed_delay_s=delay_s) as server:
             yield server.base_url
         return
-    command = [
-        sys.executable,
-        "-m",
-        "traceguard.testing.openai_server",
-        "--fixed-delay",
-        str(delay_s),
-    ]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None
-        base_url = child.stdout.readline().strip()
-        if not base_url.startswith("http://"):
-            raise RuntimeError("the loopback server did not start")
+    with loopback_server(delay_s) as base_url:
         yield base_url
-    finally:
-        child.terminate()
-        child.wait(timeout=10)
 
 
 async def _measure(base_url: str, concurrency: int, rounds: int, delay_s: float) -> dict[str, Any]:
