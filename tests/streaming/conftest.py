@@ -8,7 +8,9 @@ the marker ``HRM`` and the auditor grades by that marker alone: it stands for co
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 from traceguard import Auditor, Stage, Trace, Verdict
@@ -31,6 +33,11 @@ class RecordingAuditor(Auditor):
 
     ``gate``: a function of the trace returning an event the audit waits for first (or None);
     ``fail``: a function of the trace; when true the audit fails (an auditor error verdict).
+
+    :meth:`ended` tells when a stream's background audit of a checkpoint is over as the stream
+    sees it (its worker thread ended, or its asyncio task is done): from then on the stream
+    hears it, at its next chunk or at once. That, not the auditor returning, is what a test
+    must wait for before it lets the stream go on.
     """
 
     name = "recording"
@@ -50,8 +57,34 @@ class RecordingAuditor(Auditor):
         self.most_at_once = 0
         self.gate_timeouts = 0
         self._lock = threading.Lock()
+        self._ended: defaultdict[int, threading.Event] = defaultdict(threading.Event)
+
+    def ended(self, checkpoint: int) -> threading.Event:
+        """Set once the background audit of checkpoint number ``checkpoint`` is over."""
+        with self._lock:
+            return self._ended[checkpoint]
 
     def audit_batch(self, traces: Sequence[Trace]) -> list[Verdict]:
+        # Sync shells audit a checkpoint on a thread of its own, which ends with the audit.
+        ended = self._ended_events(traces)
+        if ended:
+            worker = threading.current_thread()
+            threading.Thread(target=_set_when_ended, args=(worker, ended), daemon=True).start()
+        return self._audit(traces)
+
+    async def aaudit_batch(self, traces: Sequence[Trace]) -> list[Verdict]:
+        # Async shells audit a checkpoint in a task of its own, which is done with the audit.
+        task = asyncio.current_task()
+        for event in self._ended_events(traces):
+            if task is not None:
+                task.add_done_callback(lambda _, event=event: event.set())
+        return await asyncio.to_thread(self._audit, list(traces))
+
+    def _ended_events(self, traces: Sequence[Trace]) -> list[threading.Event]:
+        numbers = {t.metadata.get("checkpoint") for t in traces if t.stage is Stage.CHECKPOINT}
+        return [self.ended(n) for n in numbers if isinstance(n, int)]
+
+    def _audit(self, traces: Sequence[Trace]) -> list[Verdict]:
         with self._lock:
             self.seen.extend(traces)
             self.running += 1
@@ -83,6 +116,12 @@ class RecordingAuditor(Auditor):
 
     def checkpoints(self) -> list[Trace]:
         return [trace for trace in self.seen if trace.stage is Stage.CHECKPOINT]
+
+
+def _set_when_ended(worker: threading.Thread, events: list[threading.Event]) -> None:
+    worker.join()
+    for event in events:
+        event.set()
 
 
 class ListSink(Sink):

@@ -7,9 +7,10 @@ and audits that must overlap the stream wait on events the test sets.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import openai
@@ -26,6 +27,7 @@ from traceguard import (
     Stage,
     Trace,
 )
+from traceguard._reasoning import ReasoningStream
 from traceguard.integrations.openai import guard_openai
 from traceguard.testing.openai_server import (
     OpenAIServer,
@@ -77,16 +79,40 @@ async def open_stream(client: Any, **kwargs: Any) -> Any:
 
 
 async def drain(stream: Any, received: list[Any], on_chunk: Any = None) -> None:
+    """Read ``stream`` to its end; ``on_chunk`` sees each chunk before the next is asked for
+    (when it returns an awaitable, that is awaited first: the stream waits for the test)."""
     if isinstance(stream, openai.AsyncStream):
         async for chunk in stream:
             received.append(chunk)
-            if on_chunk is not None:
-                on_chunk(chunk)
+            await _called(on_chunk, chunk)
     else:
         for chunk in stream:
             received.append(chunk)
-            if on_chunk is not None:
-                on_chunk(chunk)
+            await _called(on_chunk, chunk)
+
+
+async def _called(on_chunk: Any, chunk: Any) -> None:
+    if on_chunk is not None:
+        result = on_chunk(chunk)
+        if inspect.isawaitable(result):
+            await result
+
+
+def when_fed(stream: Any, reached: Callable[[ReasoningStream], bool]) -> threading.Event:
+    """An event set as soon as the guarded ``stream`` has taken in a chunk after which
+    ``reached`` holds for its output: what the stream has read, whether or not it let the
+    caller see it yet (buffer mode, a chunk held for an audit)."""
+    adapter = stream._state.adapter
+    feed = adapter.feed
+    event = threading.Event()
+
+    def feeding(chunk: Any) -> None:
+        feed(chunk)
+        if reached(adapter.reasoning_streams()[0]):
+            event.set()
+
+    adapter.feed = feeding
+    return event
 
 
 def reasoning_of(chunks: list[Any]) -> str:
@@ -191,20 +217,22 @@ async def test_passthrough_keeps_flowing_while_a_checkpoint_is_audited(
     thinking = thinking_tokens(10 * EVERY)
     events = chat_completion_chunks(reasoning_content=thinking, content=["An", " answer."])
     server.enqueue(ScriptedResponse.sse(events))
-    first_checkpoint = threading.Event()
+    answer_read: list[threading.Event] = []
     auditor = RecordingAuditor(
-        gate=lambda t: first_checkpoint if t.metadata.get("checkpoint") == 1 else None
+        gate=lambda t: answer_read[0] if t.metadata.get("checkpoint") == 1 else None
     )
     guarded(client, auditor, stream_mode="passthrough")
     stream = await open_stream(client)
+    # The first checkpoint's audit ends only once the stream has read the first answer chunk:
+    # that chunk waits for the thinking-done audit, which hears the checkpoint first, so no
+    # other checkpoint can start in between.
+    answer_read.append(when_fed(stream, lambda output: bool(output.response)))
     received: list[Any] = []
     during: list[int] = []  # chunks the caller got while the first checkpoint was in flight
 
     def watch(chunk: Any) -> None:
-        if len(reasoning_of(received)) >= 4 * EVERY and not first_checkpoint.is_set():
+        if len(reasoning_of(received)) >= 4 * EVERY and not answer_read[0].is_set():
             during.append(len(received))
-        if reasoning_of(received) == "".join(thinking):
-            first_checkpoint.set()  # the last thinking token arrived: let the audit finish
 
     await drain(stream, received, watch)
     assert content_of(received) == "An answer."
@@ -220,43 +248,34 @@ async def test_passthrough_keeps_flowing_while_a_checkpoint_is_audited(
 async def test_buffer_mode_reads_on_while_a_checkpoint_is_audited(
     server: OpenAIServer, client: Any
 ) -> None:
-    thinking = thinking_tokens(6 * EVERY)
-    server.enqueue(ScriptedResponse.sse(chat_completion_chunks(reasoning_content=thinking)))
-    read_all = threading.Event()
-    streams: list[Any] = []
-
-    def gate(trace: Any) -> threading.Event | None:
-        if trace.metadata.get("checkpoint") != 1:
-            return None
-        # The first checkpoint's audit finishes only once the stream has read all of the
-        # thinking: a stream that waited for the audit would never get there (gate timeout).
-        adapter = streams[0]._state.adapter
-        watcher = threading.Thread(
-            target=_await_fed, args=(adapter, len("".join(thinking)), read_all)
-        )
-        watcher.start()
-        return read_all
-
-    auditor = RecordingAuditor(gate=gate)
+    thinking = "".join(thinking_tokens(6 * EVERY))
+    events = chat_completion_chunks(reasoning_content=thinking_tokens(6 * EVERY))
+    read_all: list[threading.Event] = []
+    auditor = RecordingAuditor(
+        gate=lambda t: read_all[0] if t.metadata.get("checkpoint") == 1 else None
+    )
+    # After the thinking (event 0 is the role chunk) the upstream waits until the first
+    # checkpoint's audit is over, so the stream hears it before the output ends.
+    control = StreamControl(pauses={1 + 6 * EVERY: auditor.ended(1)})
+    server.enqueue(ScriptedResponse.sse(events, control=control))
     guarded(client, auditor, early_stop=False)
     stream = await open_stream(client)
-    streams.append(stream)
+    # The first checkpoint's audit ends only once the stream has read all of the thinking: a
+    # stream that waited for the audit would never get there (gate timeout).
+    read_all.append(when_fed(stream, lambda output: output.fed_chars >= len(thinking)))
     received: list[Any] = []
     await drain(stream, received)
     assert auditor.gate_timeouts == 0
-    assert reasoning_of(received) == "".join(thinking)
-    assert auditor.stages() == [Stage.CHECKPOINT, Stage.FINAL]
+    assert control.gave_up == []
+    assert reasoning_of(received) == thinking
+    # Nothing started while the first was in flight; the one taken when it ended had it all.
+    assert auditor.stages() == [Stage.CHECKPOINT, Stage.CHECKPOINT, Stage.FINAL]
+    whole = [thinking[: 4 * EVERY].strip(), thinking.strip()]
+    assert [t.thinking for t in auditor.checkpoints()] == whole
+    assert auditor.most_at_once == 1
 
 
-def _await_fed(adapter: Any, size: int, done: threading.Event) -> None:
-    for _ in range(1000):
-        if adapter.reasoning_streams()[0].fed_chars >= size:
-            done.set()
-            return
-        done.wait(0.01)
-
-
-async def test_checkpoints_never_queue_up(server: OpenAIServer, client: Any) -> None:
+async def test_checkpoints_never_queue_up(server: OpenAIServer, client: Any, flavor: str) -> None:
     """A slow first audit: the next checkpoint, taken when it ends, covers the latest text."""
     thinking = thinking_tokens(8 * EVERY)
     server.enqueue(ScriptedResponse.sse(chat_completion_chunks(reasoning_content=thinking)))
@@ -268,16 +287,24 @@ async def test_checkpoints_never_queue_up(server: OpenAIServer, client: Any) -> 
     stream = await open_stream(client)
     received: list[Any] = []
 
-    def watch(chunk: Any) -> None:
-        if len(reasoning_of(received)) >= 4 * 4 * EVERY:
+    async def watch(chunk: Any) -> None:
+        if len(reasoning_of(received)) >= 4 * 4 * EVERY and not halfway.is_set():
+            # Four intervals went out while the first audit was held. Let it end, and read on
+            # only once the stream's audit is over, so that the stream hears it next.
             halfway.set()
+            assert await asyncio.to_thread(auditor.ended(1).wait, 10)
 
     await drain(stream, received, watch)
+    assert auditor.gate_timeouts == 0
     checkpoints = auditor.checkpoints()
     # Eight intervals passed, but the one audit in flight kept the others from starting.
     assert len(checkpoints) < 8
     assert [t.metadata["checkpoint"] for t in checkpoints] == list(range(1, len(checkpoints) + 1))
-    assert len((checkpoints[1].thinking or "").split()) >= 4 * EVERY
+    assert len((checkpoints[0].thinking or "").split()) == EVERY
+    # The next one took the text as it was when the first was heard: the async stream hears it
+    # before it reads on, the sync one with the next chunk.
+    heard_at = 4 * EVERY if flavor == "async" else 4 * EVERY + 1
+    assert len((checkpoints[1].thinking or "").split()) == heard_at
     assert auditor.most_at_once == 1
 
 

@@ -209,12 +209,15 @@ def test_a_safe_stream_passes_with_checkpoints_then_a_full_final_audit(
 
 class GatedGrader:
     """:func:`grade`, except that the score requests of the first checkpoint wait for ``gate``
-    (at most 10 s); records the most checkpoint texts being scored at once."""
+    (at most 10 s); records the most checkpoint texts being scored at once, and signals when
+    the first checkpoint text (:attr:`arrived`) and any other (:attr:`next_arrived`) is asked
+    for."""
 
     def __init__(self, gate: threading.Event) -> None:
         self.gate = gate
         self.first: str | None = None
         self.arrived = threading.Event()
+        self.next_arrived = threading.Event()
         self.timeouts = 0
         self._lock = threading.Lock()
         self._scoring: dict[str, int] = {}
@@ -236,6 +239,8 @@ class GatedGrader:
                 self.arrived.set()
                 if not self.gate.wait(10):
                     self.timeouts += 1
+            else:
+                self.next_arrived.set()
             return grade(request)
         finally:
             with self._lock:
@@ -249,11 +254,19 @@ def test_a_safe_stream_flows_while_a_checkpoint_is_audited(
 ) -> None:
     proxy = make_proxy("passthrough")
     tokens = thinking_tokens(8 * EVERY)
-    upstream.enqueue(
-        ScriptedResponse.sse(chat_completion_chunks(reasoning_content=tokens, content="Done."))
-    )
     gate = threading.Event()
     grader = GatedGrader(gate)
+    # Paced by the audit, not the clock (event 0 is the role chunk, then one per token): the
+    # thinking after the first checkpoint goes out once that checkpoint is being scored; the
+    # answer once the checkpoint that follows it has been asked for.
+    control = StreamControl(
+        pauses={2 * EVERY + 1: grader.arrived, 8 * EVERY + 1: grader.next_arrived}
+    )
+    upstream.enqueue(
+        ScriptedResponse.sse(
+            chat_completion_chunks(reasoning_content=tokens, content="Done."), control=control
+        )
+    )
     auditor.responder = grader
     during = 0  # thinking tokens the client received while the first checkpoint was pending
     thinking = ""
@@ -284,12 +297,16 @@ def test_a_safe_stream_flows_while_a_checkpoint_is_audited(
     # A proxy that held the stream for its checkpoint audit would have kept the thinking from
     # the client until the gate gave up.
     assert grader.timeouts == 0
-    assert grader.arrived.is_set()
-    assert during > 0
+    assert control.gave_up == []
+    assert during >= 6 * EVERY  # at least every token sent once the checkpoint was asked for
     assert [line for line in lines if line][-1] == "data: [DONE]"
-    stages = [r["trace"]["stage"] for r in proxy.records()]
-    # The first checkpoint was pending through the rest of the thinking: no other started.
-    assert stages == ["checkpoint", "thinking", "final"]
+    records = proxy.records()
+    stages = [r["trace"]["stage"] for r in records]
+    # The first checkpoint was pending through the rest of the thinking: no other started; the
+    # one that followed, taken when the first was heard, covered all of the thinking.
+    assert stages == ["checkpoint", "checkpoint", "thinking", "final"]
+    first, whole = "".join(tokens[:EVERY]).strip(), "".join(tokens).strip()
+    assert [r["trace"]["thinking_chars"] for r in records[:2]] == [len(first), len(whole)]
     assert grader.most_texts_at_once == 1
 
 

@@ -239,13 +239,18 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> bool:
         """Wait before event ``index`` as ``control`` and the delay say; False: stop sending."""
         owner = self.server.owner
-        if control.hold_at is not None and index >= control.hold_at:
+        awaited = control.waits_before(index)
+        if awaited is not None:
             deadline = time.monotonic() + control.hold_s
-            while not control.released.is_set() and time.monotonic() < deadline:
+            while not awaited.is_set():
                 if owner.stopping.is_set() or self._client_left(0.02):
                     control.disconnected.set()
                     return False
-            control.release()  # held once: the rest goes out as scripted
+                if time.monotonic() >= deadline:
+                    control.gave_up.append(index)
+                    break
+            if awaited is control.released:
+                control.release()  # held once: the rest goes out as scripted
             return True
         if scripted.event_delay_s and self._client_left(scripted.event_delay_s):
             control.disconnected.set()

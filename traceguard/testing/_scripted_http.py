@@ -31,23 +31,35 @@ __all__ = [
 
 
 class StreamControl:
-    """Lets a test watch one scripted SSE stream and hold it at an event.
+    """Lets a test watch one scripted SSE stream and pace it.
 
     The server counts the events it wrote (:attr:`sent`) and notices when the client closes the
     connection (:attr:`disconnected`, checked while it waits: before each delayed event and while
-    held). With ``hold_at``, it sends events ``0 .. hold_at - 1`` and then waits, for the client
-    to leave or the test to :meth:`release` it, at most ``hold_s`` seconds (a test that fails to
-    stop the stream sees it run on, not hang).
+    held or paused). With ``hold_at``, it sends events ``0 .. hold_at - 1`` and then waits, for
+    the client to leave or the test to :meth:`release` it. ``pauses`` maps an event index to an
+    event the server waits for before sending it: a stream paced by what the client (or anything
+    else the test watches) has done, rather than by the clock. Every wait lasts at most
+    ``hold_s`` seconds (a test that fails to stop or release the stream sees it run on, not
+    hang); the indexes where a wait gave up are listed in :attr:`gave_up`.
     """
 
-    def __init__(self, *, hold_at: int | None = None, hold_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        hold_at: int | None = None,
+        hold_s: float = 10.0,
+        pauses: Mapping[int, threading.Event] | None = None,
+    ) -> None:
         self.hold_at = hold_at
         self.hold_s = hold_s
+        self.pauses = dict(pauses or {})
         self.disconnected = threading.Event()
         """Set when the server saw the client close the connection."""
         self.released = threading.Event()
         self.finished = threading.Event()
         """Set when the server stopped sending (all sent, client gone, or server closing)."""
+        self.gave_up: list[int] = []
+        """Event indexes where a hold or pause ran out of ``hold_s`` and the stream went on."""
         self._sent = 0
         self._lock = threading.Lock()
 
@@ -60,6 +72,12 @@ class StreamControl:
     def release(self) -> None:
         """Let a held stream go on."""
         self.released.set()
+
+    def waits_before(self, index: int) -> threading.Event | None:
+        """The event the server must see set before it sends event ``index``, if any."""
+        if self.hold_at is not None and index >= self.hold_at and not self.released.is_set():
+            return self.released
+        return self.pauses.get(index)
 
     def note_sent(self) -> None:
         """Called by the server after each event it wrote."""
