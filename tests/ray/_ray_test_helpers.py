@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,22 @@ from traceguard.testing.openai_server import (
 _QUESTION = re.compile(r"Question (\d+)")
 
 
-def judge(request: RecordedRequest, *, slow: Mapping[int, float] | None = None) -> ScriptedResponse:
+def judge(
+    request: RecordedRequest, *, hold: Mapping[int, threading.Event] | None = None
+) -> ScriptedResponse:
     """A verdict that depends only on the audited question, so two runs agree line by line;
-    ``slow`` maps question numbers to a longer answer time."""
+    ``hold`` maps question numbers to an event their answer waits for (at most 5 minutes):
+    a run cannot end before the test lets it."""
     text = json.dumps(request.json)
     match = _QUESTION.search(text)
     number = int(match.group(1)) if match else -1
+    held = (hold or {}).get(number)
+    if held is not None:
+        held.wait(300)
     level = ("0", "0.5", "1")[hashlib.sha256(str(number).encode()).digest()[0] % 3]
     return ScriptedResponse.json(
         chat_completion(guardtrace_output(level, f"Question {number} graded {level}.")),
-        delay_s=(slow or {}).get(number, 0.02),
+        delay_s=0.02,
     )
 
 

@@ -12,9 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _ray_test_helpers import judge
-
-from traceguard.testing.openai_server import OpenAIServer
 
 # Ray binds a node to a remotely reachable address unless told this is a one-machine cluster;
 # tests connect to loopback only. Read when ray is imported; inherited by driver subprocesses.
@@ -36,13 +33,6 @@ def ray_cluster() -> Iterator[str]:
         yield address
     finally:
         ray.shutdown()
-
-
-@pytest.fixture
-def judge_server() -> Iterator[OpenAIServer]:
-    """The loopback OpenAI-compatible server grading each question deterministically."""
-    with OpenAIServer(responder=judge) as server:
-        yield server
 
 
 @pytest.fixture(scope="session")
