@@ -118,6 +118,28 @@ class RecordingAuditor(Auditor):
         return [trace for trace in self.seen if trace.stage is Stage.CHECKPOINT]
 
 
+def paced_by_checkpoints(
+    auditor: RecordingAuditor, texts: Sequence[str], *, every_tokens: int, chars_per_token: int = 4
+) -> dict[int, threading.Event]:
+    """Pauses (for :class:`~traceguard.testing.openai_server.StreamControl`) that pace a stream
+    by its checkpoint audits: after the event that makes checkpoint ``k`` due, the upstream
+    waits until that audit is over. Every shell then hears each checkpoint before the next
+    event, whether it hears them at once (async) or at the next chunk (sync, callbacks), so the
+    checkpoints fall exactly ``every_tokens`` apart.
+
+    ``texts``: the output text each event carries, in order (empty for events without any).
+    """
+    every = every_tokens * chars_per_token
+    pauses: dict[int, threading.Event] = {}
+    fed = taken = 0
+    for index, text in enumerate(texts):
+        fed += len(text)
+        if fed - taken >= every:
+            taken = fed
+            pauses[index + 1] = auditor.ended(len(pauses) + 1)
+    return pauses
+
+
 def _set_when_ended(worker: threading.Thread, events: list[threading.Event]) -> None:
     worker.join()
     for event in events:

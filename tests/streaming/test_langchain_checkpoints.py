@@ -43,7 +43,7 @@ from traceguard.testing.openai_server import (
     chat_completion_chunks,
 )
 
-from .conftest import HARM, ListSink, RecordingAuditor, thinking_tokens
+from .conftest import HARM, ListSink, RecordingAuditor, paced_by_checkpoints, thinking_tokens
 
 EVERY = 16
 FIRST_TOKEN_EVENT = 2  # event 0: the role chunk, event 1: "<think>", then one token per event
@@ -84,6 +84,11 @@ async def consume(runnable: Any, flavor: str, seen: list[Any], **kwargs: Any) ->
             seen.append(chunk)
 
 
+def paced(auditor: RecordingAuditor, tokens: list[str]) -> dict[int, threading.Event]:
+    """Pauses pacing :func:`tagged` events by the checkpoint audits (``<think>`` counts)."""
+    return paced_by_checkpoints(auditor, ["", "<think>", *tokens], every_tokens=EVERY)
+
+
 def text(chunks: list[Any]) -> str:
     return "".join(str(chunk.content) for chunk in chunks)
 
@@ -97,14 +102,15 @@ async def test_guarded_model_cuts_harmful_thinking_and_closes_the_upstream(
 ) -> None:
     harmful_at = 2 * EVERY + 14
     last_allowed = harmful_at + FIRST_TOKEN_EVENT + EVERY
-    events = tagged(thinking_tokens(400, harmful_at=harmful_at))
+    tokens = thinking_tokens(400, harmful_at=harmful_at)
+    events = tagged(tokens)
+    auditor = RecordingAuditor()
     if flavor == "async":
         control = StreamControl(hold_at=last_allowed)  # heard while the upstream is silent
-        server.enqueue(ScriptedResponse.sse(events, control=control))
     else:
-        control = StreamControl()  # heard at the next chunk
-        server.enqueue(ScriptedResponse.sse(events, control=control, event_delay_s=0.02))
-    auditor = RecordingAuditor()
+        # Heard at the next chunk: each checkpoint's audit ends before the next chunk goes out.
+        control = StreamControl(hold_at=last_allowed, pauses=paced(auditor, tokens))
+    server.enqueue(ScriptedResponse.sse(events, control=control))
     guarded = guard_runnable(chat(server), checkpoint_guard(auditor), stream_mode=mode)
     seen: list[Any] = []
     with pytest.raises(Blocked) as caught:
@@ -115,8 +121,11 @@ async def test_guarded_model_cuts_harmful_thinking_and_closes_the_upstream(
     assert control.finished.wait(10)
     assert control.disconnected.is_set(), f"the upstream was not closed ({control.sent} sent)"
     assert control.sent <= last_allowed
+    assert control.gave_up == []
     if flavor == "async":
         assert control.sent == last_allowed
+    else:
+        assert len(auditor.stages()) == 3  # the first checkpoint after the harm
     if mode == "buffer":
         assert seen == []
     else:
@@ -184,10 +193,12 @@ async def test_handler_cuts_harmful_thinking_at_the_next_token(
 ) -> None:
     harmful_at = 2 * EVERY + 14
     last_allowed = harmful_at + FIRST_TOKEN_EVENT + EVERY
-    control = StreamControl()
-    events = tagged(thinking_tokens(400, harmful_at=harmful_at))
-    server.enqueue(ScriptedResponse.sse(events, control=control, event_delay_s=0.02))
+    tokens = thinking_tokens(400, harmful_at=harmful_at)
     auditor = RecordingAuditor()
+    # A handler hears a finished checkpoint at the next token: each checkpoint's audit ends
+    # before the next token goes out.
+    control = StreamControl(hold_at=last_allowed, pauses=paced(auditor, tokens))
+    server.enqueue(ScriptedResponse.sse(tagged(tokens), control=control))
     guard = checkpoint_guard(auditor)
     handler: Any = (
         TraceguardCallbackHandler(guard)
@@ -204,10 +215,11 @@ async def test_handler_cuts_harmful_thinking_at_the_next_token(
     # its generator is finalised (an async one by the event loop, once no traceback holds it).
     gc.collect()
     assert await asyncio.to_thread(control.finished.wait, 10)
-    assert set(auditor.stages()) == {Stage.CHECKPOINT}
+    assert auditor.stages() == [Stage.CHECKPOINT] * 3  # the first one after the harm
     assert HARM.strip() in (auditor.seen[-1].thinking or "")
     assert control.disconnected.is_set(), f"the upstream was not closed ({control.sent} sent)"
     assert control.sent <= last_allowed
+    assert control.gave_up == []
     assert handler.active_runs == 0
 
 
@@ -275,11 +287,15 @@ async def test_handler_checkpoint_errors_follow_the_policy(
     def failing(trace: Trace) -> bool:
         return trace.stage is Stage.CHECKPOINT
 
-    # Default policy: an auditor error escalates, held as a block; the run stops mid-stream.
-    control = StreamControl()
-    events = tagged(thinking_tokens(400))
-    server.enqueue(ScriptedResponse.sse(events, control=control, event_delay_s=0.02))
+    # Default policy: an auditor error escalates, held as a block; the run stops mid-stream,
+    # at the token after the first checkpoint's audit ended (the upstream waits for it, then
+    # sends that token and holds until the client leaves).
+    tokens = thinking_tokens(400)
+    events = tagged(tokens)
     auditor = RecordingAuditor(fail=failing)
+    [(heard_at, first_ended), *_] = paced(auditor, tokens).items()
+    control = StreamControl(hold_at=heard_at + 1, pauses={heard_at: first_ended})
+    server.enqueue(ScriptedResponse.sse(events, control=control))
     handler = handler_for(checkpoint_guard(auditor), flavor)
     escalated = None
     try:
@@ -293,7 +309,8 @@ async def test_handler_checkpoint_errors_follow_the_policy(
     assert await asyncio.to_thread(control.finished.wait, 10)
     assert auditor.stages() == [Stage.CHECKPOINT]
     assert control.disconnected.is_set(), f"the upstream was not closed ({control.sent} sent)"
-    assert control.sent < len(events)
+    assert control.sent == heard_at + 1
+    assert control.gave_up == []
     assert handler.active_runs == 0
 
     # Errors allowed: the stream runs to its end, each failed checkpoint recorded as one.

@@ -37,7 +37,7 @@ from traceguard.testing.openai_server import (
     responses_events,
 )
 
-from .conftest import HARM, ListSink, RecordingAuditor, thinking_tokens
+from .conftest import HARM, ListSink, RecordingAuditor, paced_by_checkpoints, thinking_tokens
 
 USER = [{"role": "user", "content": "Plan a picnic."}]
 EVERY = 16  # tokens between checkpoints
@@ -153,18 +153,19 @@ async def test_harmful_thinking_is_cut_within_one_checkpoint_interval(
     events = chat_completion_chunks(reasoning_content=tokens, content="Done.")
     # Event 0 is the role chunk, so thinking token k travels in event k + 1.
     last_allowed = harmful_at + 1 + EVERY  # no more than one interval past the harm
+    auditor = RecordingAuditor()
     if flavor == "async":
         # The server sends up to that bound and then waits for the client to leave: the async
         # stream hears a finished audit even while it waits for the next chunk. How many
         # checkpoints that takes varies (one may still be in flight when the next falls due),
         # but the text up to the bound holds the harm and a whole interval after it.
         control = StreamControl(hold_at=last_allowed)
-        server.enqueue(ScriptedResponse.sse(events, control=control))
     else:
-        # The sync stream hears a finished audit at the next chunk: the model keeps writing.
-        control = StreamControl()
-        server.enqueue(ScriptedResponse.sse(events, control=control, event_delay_s=0.02))
-    auditor = RecordingAuditor()
+        # The sync stream hears a finished audit at the next chunk: the model keeps writing,
+        # each checkpoint's audit ending before the next chunk goes out.
+        pacing = paced_by_checkpoints(auditor, ["", *tokens], every_tokens=EVERY)
+        control = StreamControl(hold_at=last_allowed, pauses=pacing)
+    server.enqueue(ScriptedResponse.sse(events, control=control))
     _, sink = guarded(client, auditor, stream_mode=mode)
     stream = await open_stream(client)
     received: list[Any] = []
@@ -183,8 +184,11 @@ async def test_harmful_thinking_is_cut_within_one_checkpoint_interval(
     assert control.finished.wait(10)
     assert control.disconnected.is_set(), f"the upstream was not closed ({control.sent} sent)"
     assert control.sent <= last_allowed
+    assert control.gave_up == []
     if flavor == "async":
         assert control.sent == last_allowed
+    else:
+        assert len(stages) == 3  # the first checkpoint after the harm, heard at the next chunk
     assert stream.response.is_closed
     # What the caller saw: nothing in buffer mode; the thinking up to the stop in passthrough.
     shown = reasoning_of(received)
@@ -380,12 +384,17 @@ async def test_responses_stream_is_cut_at_a_checkpoint(
 ) -> None:
     tokens = thinking_tokens(6 * EVERY, harmful_at=EVERY + 3)
     events = responses_events("An answer.", reasoning_summary=tokens)
-    server.enqueue(ScriptedResponse.sse(events, done=False), path="/v1/responses")
     auditor = RecordingAuditor()
+    # Four events open the response and its summary; each checkpoint is heard before the next
+    # token goes out, so the second one sees the harm while the model is still thinking.
+    pacing = paced_by_checkpoints(auditor, ["", "", "", "", *tokens], every_tokens=EVERY)
+    control = StreamControl(pauses=pacing)
+    server.enqueue(ScriptedResponse.sse(events, done=False, control=control), path="/v1/responses")
     guarded(client, auditor)
     result = client.responses.create(model="m", input="Plan a picnic.", stream=True)
     stream = await result if inspect.isawaitable(result) else result
     with pytest.raises(Blocked):
         await drain(stream, [])
-    assert auditor.stages()[-1] is Stage.CHECKPOINT
+    assert auditor.stages() == [Stage.CHECKPOINT, Stage.CHECKPOINT]
     assert HARM.strip() in (auditor.seen[-1].thinking or "")
+    assert control.gave_up == []
