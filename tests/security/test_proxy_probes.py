@@ -86,7 +86,10 @@ def _everything(response: httpx.Response) -> str:
 # -- requests toward the upstream -----------------------------------------------------------------
 
 
-def test_a_client_cannot_write_the_upstream_request_line(tmp_path: Path, auditor_url: str) -> None:
+@pytest.mark.probe("guard proxy: hostile clients")
+def test_a_client_cannot_write_the_upstream_request_line(
+    tmp_path: Path, auditor_url: str, probe_cases: Any
+) -> None:
     """Finding: the proxy wrote the *decoded* path into the upstream's request line, so
     ``%0D``, ``%20``, ``%3F``, ``%00`` and non-ASCII escapes became raw bytes there (a bare CR
     and a second ``HTTP/1.0`` are request-smuggling material for a lenient upstream), and a
@@ -95,18 +98,21 @@ def test_a_client_cannot_write_the_upstream_request_line(tmp_path: Path, auditor
     def answer(connection: Connection) -> None:
         connection.send(json_response(200, b'{"object": "model", "id": "m"}'))
 
+    escaped = (
+        b"/v1/models/x%0Dinjected:%201",
+        b"/v1/models/x%20HTTP",
+        b"/v1/models/x%3Fadmin=1",
+        b"/v1/models/a%00b",
+        b"/v1/models/%C3%A9t%C3%A9",
+    )
+    dotted = (b"/v1/models/..", b"/v1/models/%2e%2e", b"/v1/models/.")
+    probe_cases(len(escaped) + len(dotted))
     with hostile_server(answer) as upstream:
         config = proxy_config(tmp_path, upstream_url=upstream.base_url, auditor_url=auditor_url)
         with running_proxy(config) as base:
-            for target in (
-                b"/v1/models/x%0Dinjected:%201",
-                b"/v1/models/x%20HTTP",
-                b"/v1/models/x%3Fadmin=1",
-                b"/v1/models/a%00b",
-                b"/v1/models/%C3%A9t%C3%A9",
-            ):
+            for target in escaped:
                 assert _raw_get(base, target) == b"HTTP/1.1 200 OK"
-            for target in (b"/v1/models/..", b"/v1/models/%2e%2e", b"/v1/models/."):
+            for target in dotted:
                 assert _raw_get(base, target).startswith(b"HTTP/1.1 404"), target
         lines = [head.split(b"\r\n", 1)[0] for head in upstream.heads()]
     assert len(lines) == 5
@@ -117,6 +123,7 @@ def test_a_client_cannot_write_the_upstream_request_line(tmp_path: Path, auditor
     assert lines[4] == b"GET /v1/models/%C3%A9t%C3%A9 HTTP/1.1"
 
 
+@pytest.mark.probe("guard proxy: hostile clients")
 def test_chunked_request_bodies_obey_the_size_limit(tmp_path: Path, auditor_url: str) -> None:
     def answer(connection: Connection) -> None:
         connection.send(json_response(200, json.dumps(chat_completion("hi")).encode()))
@@ -140,6 +147,7 @@ def test_chunked_request_bodies_obey_the_size_limit(tmp_path: Path, auditor_url:
         assert upstream.connections == []
 
 
+@pytest.mark.probe("guard proxy: hostile clients")
 def test_a_request_body_that_never_finishes_is_cut_off(tmp_path: Path, auditor_url: str) -> None:
     """Finding: nothing bounded the time a request body may take. A client that sends its
     headers and then a byte now and then held a slot of ``max_in_flight`` for as long as it
@@ -195,7 +203,10 @@ def _echo_key(connection: Connection) -> None:
         connection.send(json_response(401, body.encode(), ("x-debug-auth", seen)))
 
 
-def test_the_upstream_key_never_reaches_a_client(tmp_path: Path, auditor_url: str) -> None:
+@pytest.mark.probe("guard proxy: hostile upstream")
+def test_the_upstream_key_never_reaches_a_client(
+    tmp_path: Path, auditor_url: str, probe_cases: Any
+) -> None:
     """Finding: the upstream's error bodies and headers went to the client as they came, so an
     upstream that echoes the credentials it got (many say "Incorrect API key: sk-...") handed
     the proxy's own key to every client; a redirect's Location went along too."""
@@ -214,16 +225,19 @@ def test_the_upstream_key_never_reaches_a_client(tmp_path: Path, auditor_url: st
     assert guarded.json()["error"]["message"] == "Incorrect API key: [redacted]"
     assert listed.status_code == 200 and listed.json()["debug"] == "[redacted]"
     assert moved.status_code == 502 and "location" not in moved.headers
+    probe_cases(3)  # an error body, a header, a redirect
     for response in (guarded, listed, moved):
         assert UPSTREAM_KEY not in _everything(response)
         assert UPSTREAM_KEY[:12] not in _everything(response)
 
 
+@pytest.mark.probe("guard proxy: hostile upstream")
 def test_upstream_errors_reach_the_client_in_the_openai_shape_only(
-    tmp_path: Path, auditor_url: str
+    tmp_path: Path, auditor_url: str, probe_cases: Any
 ) -> None:
     """Finding: a non-2xx answer went to the client with whatever body and content type the
     upstream chose (an HTML page, a body carrying generated text under other keys)."""
+    probe_cases(2)  # a JSON error carrying output, an HTML page
     leaked = "UNAUDITED-OUTPUT " * 400
 
     def answer(connection: Connection) -> None:
@@ -265,6 +279,7 @@ def test_upstream_errors_reach_the_client_in_the_openai_shape_only(
 # -- a hostile upstream: bounded memory and time, nothing unaudited ------------------------------
 
 
+@pytest.mark.probe("guard proxy: hostile upstream")
 def test_a_gigantic_chunk_is_not_buffered_whole(tmp_path: Path, auditor_url: str) -> None:
     """Finding: the client read a chunk with one ``readexactly(size)``: an upstream that
     declares a 1 GiB chunk made the proxy buffer all of it, whatever ``max_response_bytes``
@@ -300,6 +315,7 @@ def test_a_gigantic_chunk_is_not_buffered_whole(tmp_path: Path, auditor_url: str
     assert connection.closed_by_peer and connection.sent < 40 * MIB
 
 
+@pytest.mark.probe("guard proxy: hostile upstream")
 def test_an_endless_passthrough_stream_is_cut_at_the_limit(
     tmp_path: Path, auditor_url: str
 ) -> None:
@@ -334,6 +350,7 @@ def test_an_endless_passthrough_stream_is_cut_at_the_limit(
     assert json.loads(last.removeprefix(b"data: "))["error"]["code"] == "response_too_large"
 
 
+@pytest.mark.probe("guard proxy: hostile upstream")
 def test_the_stream_ends_at_done_even_if_the_upstream_does_not(
     tmp_path: Path, auditor_url: str
 ) -> None:
@@ -360,6 +377,7 @@ def test_the_stream_ends_at_done_even_if_the_upstream_does_not(
     assert connection.closed_by_peer  # the proxy hung up; the upstream had more to say
 
 
+@pytest.mark.probe("guard proxy: hostile upstream")
 @pytest.mark.parametrize("size_line", [b"zz", b"-5", b"1" * 70_000])
 def test_a_malformed_chunk_is_an_upstream_error_not_a_crash(
     tmp_path: Path, auditor_url: str, size_line: bytes
@@ -386,6 +404,7 @@ def test_a_malformed_chunk_is_an_upstream_error_not_a_crash(
     assert response.json()["error"]["code"] == "upstream_unavailable"
 
 
+@pytest.mark.probe("guard proxy: hostile upstream")
 def test_header_lines_with_control_characters_are_dropped(tmp_path: Path, auditor_url: str) -> None:
     """Finding: a response header holding a bare LF reached uvicorn, which refuses to send it:
     the client's connection dropped with no answer at all."""
@@ -409,6 +428,7 @@ def test_header_lines_with_control_characters_are_dropped(tmp_path: Path, audito
 # -- operations routes ---------------------------------------------------------------------------
 
 
+@pytest.mark.probe("guard proxy: hostile clients")
 def test_metrics_token_check_does_not_crash_on_non_ascii(
     tmp_path: Path, auditor_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -432,18 +452,28 @@ def test_metrics_token_check_does_not_crash_on_non_ascii(
     assert odd.headers["x-content-type-options"] == "nosniff"
 
 
-def test_every_forwarding_route_needs_a_key(tmp_path: Path, auditor_url: str) -> None:
+@pytest.mark.probe("guard proxy: hostile clients")
+def test_every_forwarding_route_needs_a_key(
+    tmp_path: Path, auditor_url: str, probe_cases: Any
+) -> None:
+    routes = (
+        ("POST", "/chat/completions"),
+        ("POST", "/responses"),
+        ("GET", "/models"),
+        ("GET", "/models/m"),
+        ("POST", "/embeddings"),
+    )
+    keyless: tuple[dict[str, str], ...] = (
+        {},
+        {"authorization": "Bearer wrong"},
+        {"api-key": CLIENT_KEY},
+    )
+    probe_cases(len(routes) * len(keyless))
     with hostile_server(lambda c: None) as upstream:
         config = proxy_config(tmp_path, upstream_url=upstream.base_url, auditor_url=auditor_url)
         with running_proxy(config) as base, httpx.Client(timeout=30) as client:
-            for method, path in (
-                ("POST", "/chat/completions"),
-                ("POST", "/responses"),
-                ("GET", "/models"),
-                ("GET", "/models/m"),
-                ("POST", "/embeddings"),
-            ):
-                for headers in ({}, {"authorization": "Bearer wrong"}, {"api-key": CLIENT_KEY}):
+            for method, path in routes:
+                for headers in keyless:
                     response = client.request(method, base + path, json={}, headers=headers)
                     assert response.status_code == 401, (method, path, headers)
         assert upstream.connections == []
@@ -452,6 +482,7 @@ def test_every_forwarding_route_needs_a_key(tmp_path: Path, auditor_url: str) ->
 # -- images ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.probe("guard proxy: hostile clients")
 def test_image_urls_in_requests_cannot_reach_loopback(tmp_path: Path, auditor_url: str) -> None:
     """Even with remote images allowed, an ``image_url`` naming a private or loopback address
     (SSRF toward the proxy's own network) is never fetched: the audit is ``invalid_input``."""
@@ -490,6 +521,7 @@ def test_image_urls_in_requests_cannot_reach_loopback(tmp_path: Path, auditor_ur
 # -- logs ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.probe("secrets in logs, sinks and stores")
 def test_logs_carry_neither_content_nor_the_upstream_key(tmp_path: Path, auditor_url: str) -> None:
     marker = "marker-5eedf00dcafe probe-verdict=1"
 

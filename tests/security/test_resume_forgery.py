@@ -84,6 +84,7 @@ def _waiting(result: dict[str, Any]) -> dict[str, Any]:
     return dict(pending.value)
 
 
+@pytest.mark.probe("forged review resumes")
 @pytest.mark.parametrize("forged", FORGERIES, ids=["string", "dict", "full-outcome"])
 def test_a_forged_approval_of_a_pending_item_releases_nothing(
     queue: ReviewQueue, forged: Any
@@ -104,6 +105,7 @@ def test_a_forged_approval_of_a_pending_item_releases_nothing(
     assert resumed.resumed and resumed.result["answer"] == HELD
 
 
+@pytest.mark.probe("forged review resumes")
 async def test_a_forged_approval_is_refused_on_the_async_gate_too(queue: ReviewQueue) -> None:
     graph = _graph(_guard(queue), asynchronous=True)
     config = {"configurable": {"thread_id": "forged-async"}}
@@ -116,6 +118,7 @@ async def test_a_forged_approval_is_refused_on_the_async_gate_too(queue: ReviewQ
     assert resumed.result["answer"] == REFUSAL
 
 
+@pytest.mark.probe("forged review resumes")
 def test_a_forged_rejection_is_honoured(queue: ReviewQueue) -> None:
     """Holding the output back needs no reviewer: a rejection without a record blocks."""
     graph = _graph(_guard(queue), asynchronous=False)
@@ -124,6 +127,7 @@ def test_a_forged_rejection_is_honoured(queue: ReviewQueue) -> None:
     assert graph.invoke(Command(resume="rejected"), config)["answer"] == REFUSAL
 
 
+@pytest.mark.probe("forged review resumes")
 def test_a_forged_approval_in_a_create_agent_runs_no_held_tool(queue: ReviewQueue) -> None:
     ran: list[str] = []
 

@@ -119,6 +119,7 @@ def _login(client: httpx.Client, name: str = "ana", token: str = TOKEN, **extra:
 # -- authentication ------------------------------------------------------------------------------
 
 
+@pytest.mark.probe("review app: sessions and login")
 def test_bearer_guesses_are_throttled_like_logins(app_url: str) -> None:
     """Finding: only the login form counted failures; a wrong ``Authorization: Bearer`` header
     was answered 401 at request speed without limit, so the token could be guessed there."""
@@ -133,6 +134,7 @@ def test_bearer_guesses_are_throttled_like_logins(app_url: str) -> None:
         assert _login(client).status_code == 429  # the two paths share one count
 
 
+@pytest.mark.probe("review app: sessions and login")
 def test_a_session_survives_bearer_throttling(app_url: str) -> None:
     with httpx.Client(base_url=app_url, follow_redirects=True) as reviewer:
         assert _login(reviewer).status_code == 200
@@ -142,6 +144,7 @@ def test_a_session_survives_bearer_throttling(app_url: str) -> None:
         assert reviewer.get("/").status_code == 200
 
 
+@pytest.mark.probe("review app: sessions and login")
 def test_logging_in_again_ends_the_previous_session(app_url: str) -> None:
     """Finding: a login left the session cookie it arrived with alive, so a session planted in
     or stolen from a browser outlived the reviewer's next login."""
@@ -161,6 +164,7 @@ def test_logging_in_again_ends_the_previous_session(app_url: str) -> None:
         assert current.get("/").status_code == 200
 
 
+@pytest.mark.probe("review app: sessions and login")
 def test_a_planted_session_id_is_never_adopted(app_url: str) -> None:
     planted = "attacker-chosen-session-id-000000000000"
     with httpx.Client(base_url=app_url, cookies={SESSION_COOKIE: planted}) as client:
@@ -171,6 +175,7 @@ def test_a_planted_session_id_is_never_adopted(app_url: str) -> None:
         assert attacker.get("/").status_code == 401
 
 
+@pytest.mark.probe("review app: sessions and login")
 def test_logout_needs_csrf_and_kills_the_session_server_side(app_url: str) -> None:
     with httpx.Client(base_url=app_url, follow_redirects=True) as client:
         page = _login(client)
@@ -184,6 +189,7 @@ def test_logout_needs_csrf_and_kills_the_session_server_side(app_url: str) -> No
         assert replay.get("/").status_code == 401
 
 
+@pytest.mark.probe("review app: sessions and login")
 def test_cookie_flags(store: EscalationStore) -> None:
     with serving(create_app(store, token=TOKEN, secure_cookies=True), lifespan="off") as url:
         with httpx.Client(base_url=url) as client:
@@ -204,6 +210,7 @@ def test_cookie_flags(store: EscalationStore) -> None:
         assert {"httponly", "samesite=strict", "secure"} <= flags, cookie
 
 
+@pytest.mark.probe("review app: sessions and login")
 def test_sessions_are_bounded() -> None:
     """Finding: every login added a session that lived its whole TTL; a token holder (or a
     script logging in in a loop) grew the process's memory without bound."""
@@ -213,6 +220,7 @@ def test_sessions_are_bounded() -> None:
     assert live == ids[2:]  # the oldest went first
 
 
+@pytest.mark.probe("review app: sessions and login")
 @pytest.mark.parametrize(
     "target",
     [
@@ -241,6 +249,7 @@ def test_login_next_never_leaves_the_app(app_url: str, target: str) -> None:
         assert urlsplit(landing).netloc == urlsplit(app_url).netloc, landing
 
 
+@pytest.mark.probe("review app: sessions and login")
 @pytest.mark.parametrize(
     "host", ["evil.example", "127.0.0.1.evil.example", "localhost.evil.example", "", "[::2]"]
 )
@@ -255,7 +264,8 @@ def test_foreign_host_headers_are_refused(app_url: str, host: str) -> None:
 # -- headers on every response -------------------------------------------------------------------
 
 
-def test_security_headers_on_errors_too(store: EscalationStore) -> None:
+@pytest.mark.probe("review app: hostile content and headers")
+def test_security_headers_on_errors_too(store: EscalationStore, probe_cases: Any) -> None:
     """Finding: answers made outside the app's own middleware (the body-size 413, a 500)
     went out without the Content-Security-Policy and friends; an image position too large for
     SQLite was such a 500."""
@@ -273,6 +283,7 @@ def test_security_headers_on_errors_too(store: EscalationStore) -> None:
     assert too_big.status_code == 413
     assert position.status_code == 404
     assert broken.status_code == 500
+    probe_cases(3)  # a 413 and a 404 made outside the app, a 500
     for response in (too_big, position, broken):
         assert response.headers["content-security-policy"].startswith("default-src 'none'")
         assert response.headers["x-content-type-options"] == "nosniff"
@@ -283,7 +294,10 @@ def test_security_headers_on_errors_too(store: EscalationStore) -> None:
 # -- content --------------------------------------------------------------------------------------
 
 
-def test_hostile_metadata_is_escaped_in_every_page(app_url: str, store: EscalationStore) -> None:
+@pytest.mark.probe("review app: hostile content and headers")
+def test_hostile_metadata_is_escaped_in_every_page(
+    app_url: str, store: EscalationStore, probe_cases: Any
+) -> None:
     store.resolve("probe-1", "approved", reviewer=HOSTILE[:80], note=HOSTILE)
     with httpx.Client(base_url=app_url, follow_redirects=True) as client:
         _login(client, name=HOSTILE[:80])
@@ -306,6 +320,7 @@ def test_hostile_metadata_is_escaped_in_every_page(app_url: str, store: Escalati
                 },
             ),
         ]
+    probe_cases(len(pages))
     for page in pages:
         assert page.status_code == 200
         found = _elements(page.text)
@@ -321,7 +336,8 @@ def test_hostile_metadata_is_escaped_in_every_page(app_url: str, store: Escalati
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text or page is pages[-1]
 
 
-def test_csv_and_jsonl_exports_are_inert(app_url: str, tmp_path: Path) -> None:
+@pytest.mark.probe("review app: hostile content and headers")
+def test_csv_and_jsonl_exports_are_inert(app_url: str, tmp_path: Path, probe_cases: Any) -> None:
     queue = ReviewQueue(tmp_path / "formulas.sqlite")
     metadata = {"integration": "-2+3", "thread_id": FORMULA, "session_id": "@SUM(A1)"}
     queue.emit(_record(9, text=FORMULA, metadata=metadata))
@@ -334,6 +350,7 @@ def test_csv_and_jsonl_exports_are_inert(app_url: str, tmp_path: Path) -> None:
             csv_text = client.get("/export.csv").text
             jsonl = client.get("/export.jsonl").content
     store.close()
+    probe_cases(2)  # the CSV export, the JSONL export
     rows = list(csv.reader(io.StringIO(csv_text)))
     assert len(rows) == 2
     for cell in rows[1]:
@@ -362,6 +379,7 @@ def _elements(html: str) -> list[tuple[str, dict[str, str | None]]]:
 # -- races and sizes -----------------------------------------------------------------------------
 
 
+@pytest.mark.probe("review app: races and sizes")
 def test_racing_reviewers_one_wins(app_url: str, store: EscalationStore) -> None:
     reviewers = []
     for n in range(6):
@@ -392,7 +410,11 @@ def test_racing_reviewers_one_wins(app_url: str, store: EscalationStore) -> None
     assert item.reviewer is not None and item.reviewer.startswith("reviewer-")
 
 
-def test_enormous_notes_and_forms_are_refused(app_url: str, store: EscalationStore) -> None:
+@pytest.mark.probe("review app: races and sizes")
+def test_enormous_notes_and_forms_are_refused(
+    app_url: str, store: EscalationStore, probe_cases: Any
+) -> None:
+    probe_cases(3)  # a long note, a huge form, too many fields
     with httpx.Client(base_url=app_url, follow_redirects=True) as client:
         page = _login(client)
         csrf = _csrf(page)

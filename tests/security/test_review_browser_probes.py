@@ -141,7 +141,10 @@ def _inert(page: Any) -> None:
         assert "{{7*7}}" in page.content() or "xss" not in page.url
 
 
-def test_no_field_or_parameter_runs_script(browser: Any, app_url: str, tmp_path: Path) -> None:
+@pytest.mark.probe("review app: hostile content and headers")
+def test_no_field_or_parameter_runs_script(
+    browser: Any, app_url: str, tmp_path: Path, probe_cases: Any
+) -> None:
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     page = context.new_page()
     dialogs: list[str] = []
@@ -162,7 +165,7 @@ def test_no_field_or_parameter_runs_script(browser: Any, app_url: str, tmp_path:
         f"{name}={hostile}"
         for name in ("category", "auditor", "integration", "thread_id", "since", "risk")
     )
-    for target in (
+    targets = (
         "/?state=all",
         f"/?state=all&{filters}",
         f"/?state={hostile}",
@@ -171,7 +174,11 @@ def test_no_field_or_parameter_runs_script(browser: Any, app_url: str, tmp_path:
         "/items/xss-2",
         f"/items/xss-0?{filters}",
         f"/items/{hostile}",
-    ):
+    )
+    # Pages rendered: the login form with a hostile next, the list after login, the targets,
+    # and the "already resolved" answer.
+    probe_cases(2 + len(targets) + 1)
+    for target in targets:
         page.goto(app_url + target)
         _inert(page)
     # The detail page shows every field as the text it is.

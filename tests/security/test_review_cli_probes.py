@@ -36,6 +36,7 @@ def _review(queue: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.probe("review CLI: token and binding")
 def test_the_generated_token_is_printed_once(tmp_path: Path) -> None:
     queue = tmp_path / "q.sqlite"
     EscalationStore(queue).close()
@@ -74,6 +75,7 @@ def test_the_generated_token_is_printed_once(tmp_path: Path) -> None:
     assert "wrong bearer token" in text  # the failure is logged, without the attempt
 
 
+@pytest.mark.probe("review CLI: token and binding")
 def test_binding_beyond_loopback_warns_before_listening(tmp_path: Path) -> None:
     queue = tmp_path / "q.sqlite"
     EscalationStore(queue).close()
