@@ -144,7 +144,7 @@ class GuardedStream(_Guarded[_T], Stream[_T]):
                 except StopIteration:
                     break
                 except Exception:
-                    self._audit_partial("upstream_error")
+                    self._audit_partial("upstream_error", audits)
                     raise
                 released = state.on_chunk(chunk)
                 ending = self._audits_after_chunk(audits)
@@ -159,7 +159,7 @@ class GuardedStream(_Guarded[_T], Stream[_T]):
                 return
             yield from state.after_final(self._guard.check_batch(self._final_traces()))
         except GeneratorExit:  # close(), a ``with`` exit, garbage collection
-            self._audit_partial("closed")
+            self._audit_partial("closed", audits)
             raise
         finally:
             self._close_upstream(upstream)
@@ -190,9 +190,17 @@ class GuardedStream(_Guarded[_T], Stream[_T]):
     def _check_checkpoint(self, traces: list[Trace]) -> list[Decision]:
         return self._guard.checkpoint_guard.check_batch(traces, wait_for_review=False)
 
-    def _audit_partial(self, cause: _Cut) -> None:
-        """Audit and record what was shown of a stream cut short; never raises."""
+    def _audit_partial(self, cause: _Cut, audits: BackgroundAudit) -> None:
+        """Audit and record what was shown of a stream cut short; never raises.
+
+        A checkpoint audit still running on its thread is waited for first (a thread cannot be
+        cancelled): it would otherwise overlap the partial audit and outlive the stream, its
+        decision recorded by the sinks after the stream's end and missing from ``decisions``.
+        """
         try:
+            late = audits.wait()
+            if late is not None:
+                self._state.after_late_checkpoint(late)
             traces = self._partial_traces(cause)
             if traces:
                 self._state.after_partial(self._guard.check_batch(traces))

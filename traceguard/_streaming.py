@@ -124,6 +124,9 @@ class StreamState(Generic[C]):
     When the stream ends any other way (the caller closes it, the upstream fails), audit
     :meth:`partial_traces` if any and pass the decisions to :meth:`after_partial`: what the
     caller was already shown is audited and recorded all the same, exactly once, never raising.
+    A checkpoint still in flight then is cancelled (an asyncio task), or waited for first and
+    handed to :meth:`after_late_checkpoint` (a thread, which cannot be cancelled), so that it
+    neither overlaps the partial audit nor records a decision after the stream ended.
     """
 
     def __init__(
@@ -212,6 +215,13 @@ class StreamState(Generic[C]):
         if blocked is None or self._concluded:
             return None
         return self._stop(blocked, Stage.CHECKPOINT)
+
+    def after_late_checkpoint(self, decisions: Sequence[Decision]) -> None:
+        """The decisions of a checkpoint that ended after the stream was cut short (closed,
+        upstream failed): recorded with the others, never acted on. The caller is leaving, and
+        the partial audit that follows covers everything it was shown."""
+        self._in_flight = False
+        self.decisions.extend(decisions)
 
     def _stop(self, blocked: Decision, stage: Stage) -> list[C]:
         self.stopped_early = True

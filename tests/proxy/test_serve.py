@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import yaml
 from traceguard.testing.openai_server import (
     OpenAIServer,
     ScriptedResponse,
+    StreamControl,
     chat_completion,
     chat_completion_chunks,
 )
@@ -50,6 +52,19 @@ def start(path: Path, port: int) -> subprocess.Popen[str]:
     raise RuntimeError("serve did not start")
 
 
+def _stops_listening(port: int) -> bool:
+    """Wait (at most 30 s) until nothing accepts connections on ``port`` any more."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                pass
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_sigterm_finishes_open_streams_and_logs_json_without_content(
     tmp_path: Path, upstream: OpenAIServer, auditor: OpenAIServer
 ) -> None:
@@ -59,9 +74,12 @@ def test_sigterm_finishes_open_streams_and_logs_json_without_content(
     port = free_port()
     secret_text = "a-sentence-that-must-never-be-logged"
     chunks = chat_completion_chunks([f"{secret_text} "] * 30)
+    # The stream pauses a few chunks in until the proxy is shutting down: it is open then.
+    shutting_down = threading.Event()
+    control = StreamControl(pauses={5: shutting_down}, hold_s=60)
     upstream.enqueue(
         ScriptedResponse.json(chat_completion(secret_text)),
-        ScriptedResponse.sse(chunks, event_delay_s=0.05),
+        ScriptedResponse.sse(chunks, control=control),
     )
     process = start(path, port)
     try:
@@ -89,8 +107,11 @@ def test_sigterm_finishes_open_streams_and_logs_json_without_content(
         reader.start()
         assert got_first.wait(20)
         process.send_signal(signal.SIGTERM)
+        assert _stops_listening(port), "the proxy kept accepting connections after SIGTERM"
+        shutting_down.set()
         reader.join(30)
         assert b"".join(received).endswith(b"data: [DONE]\n\n")  # the open stream finished
+        assert control.gave_up == []
         assert process.wait(30) == 0
     finally:
         if process.poll() is None:

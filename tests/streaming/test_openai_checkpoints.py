@@ -312,6 +312,44 @@ async def test_checkpoints_never_queue_up(server: OpenAIServer, client: Any, fla
     assert auditor.most_at_once == 1
 
 
+async def test_closing_a_sync_stream_ends_its_checkpoint_audit_first(
+    server: OpenAIServer,
+) -> None:
+    """Finding: a sync stream closed while a checkpoint was audited ran the audit of what it
+    had shown alongside the checkpoint's (two audits of one stream at once) and left the
+    checkpoint's running: its record reached the sinks after the stream had ended, and its
+    decision never reached ``stream.decisions``. A thread cannot be cancelled: it is waited
+    for, and its decision recorded, before the audit of what was shown."""
+    server.enqueue(
+        ScriptedResponse.sse(chat_completion_chunks(reasoning_content=thinking_tokens(96)))
+    )
+    auditing, closing = threading.Event(), threading.Event()
+
+    def gate(trace: Trace) -> threading.Event | None:
+        if trace.stage is not Stage.CHECKPOINT:
+            return None
+        auditing.set()
+        return closing
+
+    auditor = RecordingAuditor(gate=gate)
+    with openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client:
+        _, sink = guarded(client, auditor, stream_mode="passthrough")
+        stream = await open_stream(client)
+        for count, _chunk in enumerate(stream):
+            if count == 2 * EVERY:
+                break
+        assert await asyncio.to_thread(auditing.wait, 10)  # the first checkpoint is held
+        assert auditor.running == 1
+        closing.set()
+        stream.close()
+        assert auditor.running == 0  # nothing of this stream is audited after close()
+    assert auditor.gate_timeouts == 0
+    assert auditor.most_at_once == 1
+    assert auditor.stages() == [Stage.CHECKPOINT, Stage.PARTIAL]
+    assert [r.trace.stage for r in sink.records if r.trace is not None] == auditor.stages()
+    assert [d.verdict.status for d in stream.decisions] == [AuditStatus.OK] * 2
+
+
 # -- auditor errors -----------------------------------------------------------------------------
 
 
