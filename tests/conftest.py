@@ -52,3 +52,19 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
     monkeypatch.setattr(socket.socket, "connect_ex", _guarded_connect_ex)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_langchain_openai_clients() -> Iterator[None]:
+    """langchain-openai caches its default httpx clients by base URL for the process. Tests
+    serve on ephemeral loopback ports, so a later test can get a port an earlier one used and
+    inherit a client whose pooled connection belongs to that test's closed event loop ("Event
+    loop is closed" in an async test). Each test starts with no cached client."""
+    yield
+    import sys
+
+    utils = sys.modules.get("langchain_openai.chat_models._client_utils")
+    for name in ("_cached_sync_httpx_client", "_cached_async_httpx_client"):
+        cached = getattr(utils, name, None)
+        if cached is not None and hasattr(cached, "cache_clear"):
+            cached.cache_clear()

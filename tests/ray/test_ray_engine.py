@@ -229,21 +229,23 @@ def _resume_after_the_driver_is_killed(
     with out.open("rb") as fh:
         written = sum(1 for _ in fh)
     assert 0 < written < 400, "the driver was not killed mid-run"
-    judge_server.reset()
 
-    config = _served(judge_server, log)
-    summary = run_audit_ray(
-        log,
-        out,
-        config,
-        AuditOptions(concurrency=2, resume=True),
-        RayOptions(actors=2, rows_per_block=16),
-    )
+    # The resumed run talks to a server of its own: the killed driver's actors die on Ray's
+    # schedule, and a call one of them still had in flight must not count as the resume's.
+    with OpenAIServer(responder=judge) as resume_server:
+        config = _served(resume_server, log)
+        summary = run_audit_ray(
+            log,
+            out,
+            config,
+            AuditOptions(concurrency=2, resume=True),
+            RayOptions(actors=2, rows_per_block=16),
+        )
 
-    assert written <= summary.resumed < 400  # the output's records and the committed parts
-    assert summary.audited == 400 - summary.resumed
-    assert len(judge_server.requests) == summary.audited  # nothing committed is audited again
-    _in_process(log, tmp_path / "inprocess.jsonl", config, concurrency=4)
+        assert written <= summary.resumed < 400  # the output's records and the committed parts
+        assert summary.audited == 400 - summary.resumed
+        assert len(resume_server.requests) == summary.audited  # nothing committed is audited again
+        _in_process(log, tmp_path / "inprocess.jsonl", config, concurrency=4)
     assert comparable(out) == comparable(tmp_path / "inprocess.jsonl")
     assert not parts.exists()
 
